@@ -1,0 +1,106 @@
+"""CBRegularizer: CBGAN's class-balancing regularizer as a drop-in module.
+
+    reg = CBRegularizer(num_classes=10, lam=1.0)
+    ...
+    loss_g = loss_g + reg(classifier(fake))   # generator step, fakes before any augmentation
+    loss_g.backward(); opt_g.step(); reg.step()
+
+Two weightings:
+
+* ``"paper"`` (the paper's text): N = N̂ / ΣN̂ (Eq. 6), w_k = 1/N_k, loss scaled by lam/K (supplementary
+  §1.4.1). The argmax counts of a cycle start at 0.
+* ``"official"`` (the released code, ``weight_regularizer.py`` with mode != "effective"):
+  w = K·(1/N̂) / Σ_j (1/N̂_j), N̂ clamped to ≥ 1 after each update, the first cycle's counts start at a
+  prior of 512 per class, loss scaled by lam.
+
+Both update the effective class frequency after every ``update_every`` calls of ``step()`` (Eq. 5):
+N̂ ← (1−α)·N̂ + β·c, with c the argmax counts accumulated since the last update (then reset to 0);
+β = 1 when ``beta is None``, ``beta=alpha`` gives the convex combination. N̂ starts at ``init_count``
+(default 50, the released code's value) for every class. Counts are accumulated only in training mode.
+"""
+import torch
+from torch import nn
+
+from ..ops import class_balancing_loss_with_counts
+
+_WEIGHTINGS = ("paper", "official")
+_OFFICIAL_COUNT_PRIOR = 512.0
+
+
+class CBRegularizer(nn.Module):
+    def __init__(self, num_classes, lam, *, alpha=0.5, beta=None, update_every=2000, weighting="paper",
+                 init_count=50.0):
+        super().__init__()
+        if int(num_classes) < 1:
+            raise ValueError(f"CBRegularizer: num_classes must be >= 1, got {num_classes}")
+        if weighting not in _WEIGHTINGS:
+            raise ValueError(f"CBRegularizer: weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"CBRegularizer: alpha must be in [0, 1], got {alpha}")
+        if int(update_every) < 1:
+            raise ValueError(f"CBRegularizer: update_every must be >= 1, got {update_every}")
+        if not init_count > 0:
+            raise ValueError(f"CBRegularizer: init_count must be > 0, got {init_count}")
+        self.num_classes = int(num_classes)
+        self.lam = float(lam)
+        self.alpha = float(alpha)
+        self.beta = 1.0 if beta is None else float(beta)
+        self.update_every = int(update_every)
+        self.weighting = weighting
+        prior = _OFFICIAL_COUNT_PRIOR if weighting == "official" else 0.0
+        self.register_buffer("effective_count", torch.full((self.num_classes,), float(init_count), dtype=torch.float64))
+        self.register_buffer("counts", torch.full((self.num_classes,), prior, dtype=torch.float64))
+        self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self):
+        return (f"num_classes={self.num_classes}, lam={self.lam}, alpha={self.alpha}, beta={self.beta}, "
+                f"update_every={self.update_every}, weighting={self.weighting!r}")
+
+    def class_distribution(self):
+        """N = N̂ / ΣN̂ (Eq. 6), float64 [K]."""
+        return self.effective_count / self.effective_count.sum()
+
+    def class_weights(self):
+        """The w_k the loss uses (see the module docstring for the two weightings)."""
+        if self.weighting == "paper":
+            return 1.0 / self.class_distribution()
+        inv = 1.0 / self.effective_count
+        return self.num_classes * inv / inv.sum()
+
+    @property
+    def scale(self):
+        return self.lam / self.num_classes if self.weighting == "paper" else self.lam
+
+    def forward(self, logits):
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"CBRegularizer: expected classifier logits [B, {self.num_classes}], "
+                             f"got shape {tuple(logits.shape)}")
+        w = self.class_weights().to(device=logits.device, dtype=torch.float32 if logits.dtype != torch.float64
+                                    else torch.float64)
+        loss, counts = class_balancing_loss_with_counts(logits, w)
+        if self.training:
+            with torch.no_grad():
+                self.counts += counts.to(self.counts.device, self.counts.dtype)
+        return self.scale * loss
+
+    @torch.no_grad()
+    def step(self):
+        """Call once after each generator step; every ``update_every`` calls the statistics update."""
+        self.num_steps += 1
+        if int(self.num_steps) % self.update_every == 0:
+            self.update_statistics()
+
+    @torch.no_grad()
+    def update_statistics(self):
+        """Eq. 5: N̂ ← (1−α)·N̂ + β·c, then c ← 0."""
+        self.effective_count.mul_(1.0 - self.alpha).add_(self.counts, alpha=self.beta)
+        if self.weighting == "official":
+            self.effective_count.clamp_(min=1.0)
+        self.counts.zero_()
+
+    @torch.no_grad()
+    def sample_labels(self, n, generator=None):
+        """n class labels drawn with probability ∝ 1/N_k (the supplementary's iNaturalist conditioning)."""
+        p = 1.0 / self.class_distribution()
+        dev = generator.device if generator is not None else self.effective_count.device
+        return torch.multinomial((p / p.sum()).to(dev), int(n), replacement=True, generator=generator)

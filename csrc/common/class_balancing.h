@@ -1,0 +1,47 @@
+// Class-balancing regularizer (CBGAN, Rangwani et al. 2021, Eq. 7), math shared by CPU and CUDA.
+//
+//   p_b   = softmax(z_b)                 z: logits [B, K], row-major contiguous
+//   p̂_k   = (1/B) Σ_b p_bk               mean_probs [K], accumulated in opmath (float for half inputs)
+//   L     = Σ_k w_k p̂_k log p̂_k          w: class_weights [K], constants
+//   c_k   = #{b : argmax_j z_bj = k}     counts [K] int64 (Eq. 5's c^t), first maximum wins as torch.argmax
+//
+// Backward: with g_k = dL/dp̂_k = w_k (log p̂_k + 1),
+//   dL/dz_bj = (1/B) p_bj (g_j − Σ_k p_bk g_k).
+// When p̂_k underflows to 0 every p_bk is 0 too, so g_k is set to 0 there: 0·log 0 = 0 and the gradient
+// stays finite (the limit of p log p).
+#pragma once
+
+#include "macros.h"
+
+#include <cmath>
+
+namespace cbgan_ext {
+
+// Rows per partial sum. Partial column sums are reduced in a fixed order on both backends, so the result
+// does not depend on the thread count (deterministic, and CPU/CUDA agree to rounding).
+constexpr int64_t kCBRowsPerChunk = 32;
+
+template <typename acc_t>
+HOST_DEVICE acc_t xlogx(acc_t p) {
+  return p > acc_t(0) ? p * log(p) : acc_t(0);
+}
+
+template <typename acc_t>
+HOST_DEVICE acc_t cb_grad_coeff(acc_t grad, acc_t w, acc_t mean_p) {
+  return mean_p > acc_t(0) ? grad * w * (log(mean_p) + acc_t(1)) : acc_t(0);
+}
+
+// Host-side argument checks, shared by both backends.
+inline void check_cb_inputs(const at::Tensor& logits, const at::Tensor& w) {
+  constexpr const char* op = "class_balancing_loss";
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [B, K], got shape ", logits.sizes());
+  check_floating(op, logits, "logits");
+  check_floating(op, w, "class_weights");
+  TORCH_CHECK(logits.size(0) > 0, op, ": empty batch (B = 0); the batch mean of softmax is undefined");
+  TORCH_CHECK(logits.size(1) > 0, op, ": logits must have at least one class, got shape ", logits.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == logits.size(1), op, ": class_weights must be [K] = [",
+              logits.size(1), "] to match logits ", logits.sizes(), ", got shape ", w.sizes());
+  check_same_device(op, logits, "logits", w, "class_weights");
+}
+
+}  // namespace cbgan_ext

@@ -1,0 +1,23 @@
+import torch
+
+import cbgan_ext
+
+
+def test_build_info_reports_the_build():
+    info = cbgan_ext.build_info()
+    for key in ("cuda", "cuda_version", "cuda_archs", "openmp", "num_threads"):
+        assert key in info
+    if info["cuda"]:
+        major, minor = info["cuda_version"].split(".")
+        assert int(major) >= 11 and int(minor) >= 0
+        assert len(info["cuda_archs"]) >= 1
+    else:
+        assert info["cuda_version"] is None and info["cuda_archs"] == []
+    assert isinstance(info["openmp"], bool)
+
+
+def test_ops_are_registered_with_the_dispatcher():
+    op = torch.ops.cbgan_ext.class_balancing_loss_forward.default
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+    if cbgan_ext.build_info()["cuda"]:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")

@@ -1,0 +1,178 @@
+import pytest
+import torch
+
+import cbgan_ext
+from cbgan_ext import ops, reference
+from conftest import DEVICES
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def _eq7(logits, w):
+    """Eq. 7 written independently of reference.py, in float64, with 0·log 0 = 0."""
+    p = torch.softmax(logits.double(), dim=1).mean(0)
+    return (w.double() * torch.special.xlogy(p, p)).sum()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,K", [(1, 1), (7, 3), (64, 10), (256, 100), (256, 1010), (33, 2000)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_forward_and_counts_match_reference(device, B, K, dtype):
+    logits = (3 * torch.randn(B, K, dtype=torch.float64)).to(device, dtype)
+    w = torch.rand(K, device=device) + 0.1
+    loss, counts = ops.class_balancing_loss_with_counts(logits, w)
+    assert loss.dim() == 0
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    expect = _eq7(logits, w)
+    assert torch.allclose(loss.double().cpu(), expect.cpu(), rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.equal(counts.cpu(), reference.argmax_counts(logits.float()).cpu())
+    assert int(counts.sum()) == B
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,K", [(5, 4), (64, 10), (256, 1010)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_backward_matches_reference(device, B, K, dtype):
+    x = torch.randn(B, K, dtype=torch.float64, device=device)
+    w = torch.rand(K, device=device) + 0.1
+    xf = x.to(dtype).requires_grad_()
+    g_fused, = torch.autograd.grad(ops.class_balancing_loss(xf, w), xf)
+    xr = x.to(dtype).double().requires_grad_()
+    g_ref, = torch.autograd.grad(_eq7(xr, w), xr)
+    assert g_fused.dtype == dtype
+    scale = g_ref.abs().max()
+    assert (g_fused.double() - g_ref).abs().max() <= TOL[dtype] * 10 * scale + 1e-12
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_transposed_inputs(device):
+    base = torch.randn(40, 64, device=device)
+    w = torch.rand(20, device=device) + 0.5
+    for logits in (base[::2, ::3][:, :20], base.t()[:20, :].t(), base[:, 1::3][:, :20]):
+        assert not logits.is_contiguous()
+        x1 = logits.clone().requires_grad_()
+        x2 = logits.contiguous().clone().requires_grad_()
+        l1, l2 = ops.class_balancing_loss(x1, w), reference.class_balancing_loss(x2, w)
+        assert torch.allclose(l1, l2, rtol=1e-5, atol=1e-6)
+        g1, = torch.autograd.grad(l1, x1)
+        g2, = torch.autograd.grad(l2, x2)
+        assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_extreme_logits_stay_finite(device):
+    x = -torch.rand(32, 10, device=device) * 1e4
+    x[:, 3] = 1e4  # every other class underflows to p̂ = 0
+    x.requires_grad_()
+    w = torch.rand(10, device=device) + 0.5
+    loss = ops.class_balancing_loss(x, w)
+    g, = torch.autograd.grad(loss, x)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+    # all mass on class 3: p̂ = e_3, so the loss is w_3·1·log 1 = 0
+    assert abs(loss.item()) < 1e-6
+    x2 = torch.full((8, 5), -1e4, device=device)
+    x2[:, 0] = 1e4
+    x2.requires_grad_()
+    g2, = torch.autograd.grad(ops.class_balancing_loss(x2, torch.ones(5, device=device)), x2)
+    assert torch.isfinite(g2).all()
+
+
+def test_gradcheck_float64():
+    for B, K in [(4, 3), (9, 12)]:
+        x = torch.randn(B, K, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(K, dtype=torch.float64) + 0.1
+        assert torch.autograd.gradcheck(lambda t: ops.class_balancing_loss(t, w), (x,))
+
+
+@pytest.mark.needs_cuda
+def test_gradcheck_float64_cuda():
+    x = torch.randn(6, 5, dtype=torch.float64, device="cuda", requires_grad=True)
+    w = torch.rand(5, dtype=torch.float64, device="cuda") + 0.1
+    assert torch.autograd.gradcheck(lambda t: ops.class_balancing_loss(t, w), (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for B, K in [(8, 10), (3, 1010)]:
+        x = torch.randn(B, K, device=device, requires_grad=True)
+        w = torch.rand(K, device=device)
+        torch.library.opcheck(torch.ops.cbgan_ext.class_balancing_loss_forward.default, (x, w))
+        p = torch.softmax(x.detach(), 1)
+        torch.library.opcheck(torch.ops.cbgan_ext._class_balancing_loss_backward.default,
+                              (torch.tensor(1.3, device=device), p, w, p.mean(0)))
+
+
+def test_torch_compile_fullgraph():
+    x = torch.randn(64, 10, requires_grad=True)
+    w = torch.rand(10)
+
+    def f(t):
+        return ops.class_balancing_loss(t * 2.0, w) * 3.0
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    l1 = cf(x)
+    g1, = torch.autograd.grad(l1, x)
+    l2 = f(x)
+    g2, = torch.autograd.grad(l2, x)
+    assert torch.allclose(l1, l2) and torch.allclose(g1, g2)
+
+
+def test_autocast_cpu():
+    x = torch.randn(16, 10, requires_grad=True)
+    lin = torch.nn.Linear(10, 10)
+    w = torch.rand(10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = lin(x)
+        loss = ops.class_balancing_loss(logits, w)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_inputs_name_the_op(device):
+    w = torch.rand(10, device=device)
+    bad = [
+        (torch.randn(4, 10, 1, device=device), w, "2-D"),
+        (torch.randn(10, device=device), w, "2-D"),
+        (torch.randn(4, 9, device=device), w, "class_weights must be"),
+        (torch.randn(0, 10, device=device), w, "empty batch"),
+        (torch.randint(0, 5, (4, 10), device=device), w, "float16, bfloat16, float32 or float64"),
+        (torch.randn(4, 10, device=device), torch.randint(0, 5, (10,), device=device), "float16"),
+    ]
+    for logits, weights, msg in bad:
+        with pytest.raises(RuntimeError, match=f"class_balancing_loss: .*{msg}"):
+            ops.class_balancing_loss(logits, weights)
+    with pytest.raises(TypeError, match="class_balancing_loss"):
+        ops.class_balancing_loss([[1.0, 2.0]], w)
+
+
+@pytest.mark.needs_cuda
+def test_mixed_devices_raise():
+    with pytest.raises(RuntimeError, match="class_balancing_loss: .*same device"):
+        ops.class_balancing_loss(torch.randn(4, 10, device="cuda"), torch.rand(10))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_cpu_cuda_parity(dtype):
+    x = torch.randn(300, 37, dtype=dtype)
+    w = torch.rand(37)
+    lc, cc = ops.class_balancing_loss_with_counts(x, w)
+    lg, cg = ops.class_balancing_loss_with_counts(x.cuda(), w.cuda())
+    assert torch.allclose(lc, lg.cpu(), rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.equal(cc, cg.cpu())
+
+
+def test_deterministic_across_thread_counts():
+    x = torch.randn(1000, 50)
+    w = torch.rand(50)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = ops.class_balancing_loss(x, w)
+        torch.set_num_threads(max(2, n))
+        b = ops.class_balancing_loss(x, w)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(a, b)
