@@ -25,22 +25,7 @@ def _fake_backward(grad_loss, probs, class_weights, mean_probs):
     return torch.empty_like(probs)
 
 
-def _setup_context(ctx, inputs, output):
-    _, class_weights = inputs
-    _, counts, probs, mean_probs = output
-    ctx.mark_non_differentiable(counts, probs, mean_probs)
-    ctx.save_for_backward(probs, class_weights, mean_probs)
-
-
-def _backward(ctx, grad_loss, _grad_counts, _grad_probs, _grad_mean):
-    probs, class_weights, mean_probs = ctx.saved_tensors
-    grad_logits = None
-    if ctx.needs_input_grad[0]:
-        grad_logits = torch.ops.cbgan_ext._class_balancing_loss_backward(grad_loss, probs, class_weights, mean_probs)
-    return grad_logits, None
-
-
-torch.library.register_autograd("cbgan_ext::class_balancing_loss_forward", _backward, setup_context=_setup_context)
+# Autograd is registered in C++ (csrc/autograd.cpp): no Python on the training hot path.
 
 
 def _check(logits, class_weights):

@@ -1,31 +1,96 @@
-// Branch-free exp for x <= 0 that GCC auto-vectorises at the baseline ISA (SSE2 on x86-64), where
-// std::exp stays a scalar libm call. Softmax only ever needs exp(z - max(z)) <= 1.
-// Cephes expf polynomial: relative error about 1e-7, below float32 rounding of the softmax itself.
+// Portable SIMD for the CPU kernels: GCC/Clang vector extensions of W float lanes. Each kernel is
+// written once as an always_inline template over W and instantiated inside functions compiled for
+// AVX-512 (W=16), AVX2+FMA (W=8) and the baseline ISA (W=4: SSE2 on x86-64, NEON on Arm), picked at run
+// time (cpu_simd_width). Plain loops do not get there: std::exp stays a scalar libm call, and GCC will
+// not if-convert a clamped polynomial exp.
 #pragma once
 
 #include <cstdint>
-#include <cstring>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // vectors only cross always_inline calls: no ABI involved
+#endif
+
+#define CBGAN_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+#if defined(__x86_64__) || defined(__i386__)
+#define CBGAN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq")))
+#define CBGAN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define CBGAN_HAS_X86_DISPATCH 1
+#endif
 
 namespace cbgan_ext {
+namespace simd {
 
-inline float exp_nonpositive(float x) {
-  const bool underflow = x < -87.0f;  // exp(-87) ~ 1.6e-38: below this return 0 (a denormal in libm)
-  x = underflow ? -87.0f : x;
-  // n = round(x / ln 2); x <= 0 so rounding is truncation of (0.5 - x·log2 e), negated.
-  const int32_t n = -static_cast<int32_t>(0.5f - x * 1.44269504088896341f);
-  const float fn = static_cast<float>(n);
-  const float r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
+template <int W>
+struct Vec {
+  typedef float f __attribute__((vector_size(4 * W)));
+  typedef int32_t i __attribute__((vector_size(4 * W)));
+};
+
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f load(const float* p) {
+  typename Vec<W>::f v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <int W>
+CBGAN_ALWAYS_INLINE void store(float* p, typename Vec<W>::f v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f select(typename Vec<W>::i mask, typename Vec<W>::f a, typename Vec<W>::f b) {
+  typedef typename Vec<W>::i I;
+  typedef typename Vec<W>::f F;
+  return (F)(((I)a & mask) | ((I)b & ~mask));
+}
+
+// exp(x) for x <= 0. Cephes expf polynomial: relative error below 1e-7 for x >= -87; 0 below 2^-126
+// (libm would give a denormal).
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
+  typedef typename Vec<W>::i I;
+  typedef typename Vec<W>::f F;
+  x = select<W>(x < -100.0f, F{} - 100.0f, x);
+  // n = round(x / ln 2); x <= 0, so rounding is truncation of (0.5 - x·log2 e), negated.
+  const F t = 0.5f - x * 1.44269504088896341f;
+  const I n = -__builtin_convertvector(t, I);
+  const I keep = n > -127;
+  const I big = n > -126;
+  const I nc = (n & big) | ((I{} - 126) & ~big);
+  const F fn = __builtin_convertvector(nc, F);
+  const F r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  F y = r * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const int32_t bits = (n + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return underflow ? 0.0f : y * scale;
+  const I bits = ((nc + 127) << 23) & keep;
+  return y * (F)bits;
+}
+
+template <int W>
+CBGAN_ALWAYS_INLINE float hsum(typename Vec<W>::f v) {
+  float s = 0.0f;
+  for (int j = 0; j < W; ++j) s += v[j];
+  return s;
+}
+
+}  // namespace simd
+
+// Widest lane count this CPU runs: 16, 8 or 4.
+inline int cpu_simd_width() {
+#ifdef CBGAN_HAS_X86_DISPATCH
+  static const int w = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") ? 16
+                       : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))   ? 8
+                                                                                            : 4;
+  return w;
+#else
+  return 4;
+#endif
 }
 
 }  // namespace cbgan_ext

@@ -1,13 +1,17 @@
 // CPU kernels of the class-balancing regularizer; formula and layouts in common/class_balancing.h.
-// Forward: one pass over each row (max/argmax, exp into the saved probs, normalise while summing
-// columns into a per-chunk partial), then a fixed-order reduction of the partials.
-// Backward: one pass over the saved probs.
+// Forward: rows in chunks of kCBRowsPerChunk, one chunk per task. Each row is read once into a padded
+// float buffer and then stays in L1 for max/argmax, exp + sum, and normalise + write probs + add into the
+// chunk's partial column sums. Partials are reduced in a fixed order (thread-count independent).
+// Backward: one pass over the saved probs: dz = p (g - <p, g>) / B.
+// float/half/bfloat16 run W-lane SIMD (common/fast_math.h) picked at run time; float64 runs scalar libm.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../common/class_balancing.h"
@@ -16,13 +20,118 @@
 namespace cbgan_ext {
 namespace {
 
-template <typename acc_t>
-inline acc_t exp_shifted(acc_t x) {
-  return std::exp(x);
+// ---- one chunk of rows, float accumulation, W lanes ------------------------------------------------
+// e: scratch of Kp floats (K rounded up to W); acc: the chunk's partial sums, Kp floats.
+template <int W, typename scalar_t>
+CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+                                       int64_t K, float* e) {
+  typedef typename simd::Vec<W>::f F;
+  typedef typename simd::Vec<W>::i I;
+  // float rows are read and written in place; half rows go through the float scratch e. Either way the
+  // last partial vector is padded with -inf (exp(-inf) = 0) in e's tail.
+  constexpr bool direct = std::is_same<scalar_t, float>::value;
+  const int64_t Kv = K / W * W, Kp = (K + W - 1) / W * W;
+  I iota;
+  for (int j = 0; j < W; ++j) iota[j] = j;
+  for (int64_t b = 0; b < rows; ++b) {
+    const scalar_t* zr = z + b * K;
+    float* er = direct ? reinterpret_cast<float*>(p + b * K) : e;  // the row's working floats
+    const float* src = direct ? reinterpret_cast<const float*>(zr) : e;
+    if (!direct)
+      for (int64_t k = 0; k < K; ++k) e[k] = static_cast<float>(zr[k]);
+    for (int64_t k = Kv; k < Kp; ++k) e[Kp + k - Kv] = k < K ? static_cast<float>(zr[k]) : -INFINITY;
+    float* tail = e + Kp;  // W floats: elements Kv..Kp of the row
+    // max and first argmax per lane, then across lanes (smallest index among equal maxima, as torch)
+    F m = F{} - INFINITY;
+    I idx = I{} + static_cast<int32_t>(K);
+    I kv = iota;
+    for (int64_t k = 0; k < Kp; k += W) {
+      const F v = simd::load<W>(k < Kv ? src + k : tail);
+      const I gt = v > m;
+      m = simd::select<W>(gt, v, m);
+      idx = (kv & gt) | (idx & ~gt);
+      kv += W;
+    }
+    float best = m[0];
+    int64_t am = idx[0];
+    for (int j = 1; j < W; ++j)
+      if (m[j] > best || (m[j] == best && idx[j] < am)) { best = m[j]; am = idx[j]; }
+    F s = F{};
+    for (int64_t k = 0; k < Kp; k += W) {
+      float* dst = k < Kv ? er + k : tail;
+      const F v = simd::exp_nonpositive<W>(simd::load<W>(k < Kv ? src + k : tail) - best);
+      simd::store<W>(dst, v);
+      s += v;
+    }
+    const float sum = simd::hsum<W>(s);
+    if (!(sum == sum) || am >= K) {  // a NaN in the row: torch's argmax is the first NaN
+      am = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = static_cast<float>(zr[k]);
+        if (v != v) { am = k; break; }
+        if (v > static_cast<float>(zr[am])) am = k;
+      }
+    }
+    cnt[am] += 1;
+    const float inv = 1.0f / sum;
+    for (int64_t k = 0; k < Kp; k += W) {
+      float* dst = k < Kv ? er + k : tail;
+      const F v = simd::load<W>(dst) * inv;
+      simd::store<W>(dst, v);
+      simd::store<W>(acc + k, simd::load<W>(acc + k) + v);
+    }
+    scalar_t* pr = p + b * K;
+    if (!direct)
+      for (int64_t k = 0; k < Kv; ++k) pr[k] = static_cast<scalar_t>(e[k]);
+    for (int64_t k = Kv; k < K; ++k) pr[k] = static_cast<scalar_t>(tail[k - Kv]);
+  }
 }
-template <>
-inline float exp_shifted<float>(float x) {
-  return exp_nonpositive(x);
+
+#ifdef CBGAN_HAS_X86_DISPATCH
+template <typename scalar_t>
+CBGAN_TARGET_AVX512 void cb_chunk_avx512(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+                                         int64_t K, float* e) {
+  cb_chunk_simd<16>(z, p, acc, cnt, rows, K, e);
+}
+template <typename scalar_t>
+CBGAN_TARGET_AVX2 void cb_chunk_avx2(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+                                     int64_t K, float* e) {
+  cb_chunk_simd<8>(z, p, acc, cnt, rows, K, e);
+}
+#endif
+
+template <typename scalar_t>
+void cb_chunk(int W, const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows, int64_t K, float* e) {
+#ifdef CBGAN_HAS_X86_DISPATCH
+  if (W == 16) return cb_chunk_avx512(z, p, acc, cnt, rows, K, e);
+  if (W == 8) return cb_chunk_avx2(z, p, acc, cnt, rows, K, e);
+#endif
+  cb_chunk_simd<4>(z, p, acc, cnt, rows, K, e);
+}
+
+// float64: scalar, libm exp.
+void cb_chunk(int, const double* z, double* p, double* acc, int64_t* cnt, int64_t rows, int64_t K, double*) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const double* zr = z + b * K;
+    double m = zr[0];
+    int64_t am = 0;
+    for (int64_t k = 1; k < K; ++k) {
+      if (m != m) break;
+      if (zr[k] > m || zr[k] != zr[k]) { m = zr[k]; am = k; }
+    }
+    cnt[am] += 1;
+    double* pr = p + b * K;
+    double s = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      pr[k] = std::exp(zr[k] - m);
+      s += pr[k];
+    }
+    const double inv = 1.0 / s;
+    for (int64_t k = 0; k < K; ++k) {
+      pr[k] *= inv;
+      acc[k] += pr[k];
+    }
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const at::Tensor& logits_in,
@@ -37,47 +146,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
   at::Tensor mean_probs = at::empty({K}, logits.options().dtype(acc_type));
   at::Tensor loss = at::empty({}, logits.options().dtype(acc_type));
   const int64_t nchunks = (B + kCBRowsPerChunk - 1) / kCBRowsPerChunk;
+  const int W = cpu_simd_width();
+  const int64_t Kp = (K + 15) / 16 * 16;  // room for any lane count
+  const int64_t scratch = 2 * Kp + 16;     // the row and a padded tail vector
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "class_balancing_loss", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* z = logits.data_ptr<scalar_t>();
     scalar_t* p = probs.data_ptr<scalar_t>();
-    std::vector<acc_t> partial(nchunks * K, acc_t(0));
+    std::vector<acc_t> partial(nchunks * Kp, acc_t(0));
     std::vector<int64_t> part_counts(nchunks * K, 0);
     // Small problems stay on one thread: a parallel region costs more than the work.
-    const int64_t grain = std::max<int64_t>(1, 16384 / (kCBRowsPerChunk * K));
+    const int64_t grain = std::max<int64_t>(1, 32768 / (kCBRowsPerChunk * K));
     at::parallel_for(0, nchunks, grain, [&](int64_t c0, int64_t c1) {
-      std::vector<acc_t> e(K);
+      std::vector<acc_t> e(scratch);
       for (int64_t c = c0; c < c1; ++c) {
-        acc_t* acc = partial.data() + c * K;
-        int64_t* cnt = part_counts.data() + c * K;
-        const int64_t b1 = std::min(B, (c + 1) * kCBRowsPerChunk);
-        for (int64_t b = c * kCBRowsPerChunk; b < b1; ++b) {
-          const scalar_t* zr = z + b * K;
-          acc_t m = static_cast<acc_t>(zr[0]);
-          int64_t am = 0;
-          for (int64_t k = 1; k < K; ++k) {
-            const acc_t v = static_cast<acc_t>(zr[k]);
-            if (v > m || v != v) {  // NaN propagates and wins argmax, as in torch
-              if (m != m) break;
-              m = v;
-              am = k;
-            }
-          }
-          cnt[am] += 1;
-          acc_t s = 0;
-          for (int64_t k = 0; k < K; ++k) {
-            e[k] = exp_shifted<acc_t>(static_cast<acc_t>(zr[k]) - m);
-            s += e[k];
-          }
-          const acc_t inv = acc_t(1) / s;
-          scalar_t* pr = p + b * K;
-          for (int64_t k = 0; k < K; ++k) {
-            const acc_t pk = e[k] * inv;
-            pr[k] = static_cast<scalar_t>(pk);
-            acc[k] += pk;
-          }
-        }
+        const int64_t b0 = c * kCBRowsPerChunk, rows = std::min(B - b0, kCBRowsPerChunk);
+        cb_chunk(W, z + b0 * K, p + b0 * K, partial.data() + c * Kp, part_counts.data() + c * K, rows, K, e.data());
       }
     });
     acc_t* mp = mean_probs.data_ptr<acc_t>();
@@ -88,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
       acc_t s = 0;
       int64_t n = 0;
       for (int64_t c = 0; c < nchunks; ++c) {
-        s += partial[c * K + k];
+        s += partial[c * Kp + k];
         n += part_counts[c * K + k];
       }
       mp[k] = s / static_cast<acc_t>(B);
@@ -98,6 +183,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
     loss.fill_(total);
   });
   return {loss, counts, probs, mean_probs};
+}
+
+// ---- backward rows: dz = p (g - <p, g>) / B ------------------------------------------------------
+// g is padded with zeros to a multiple of 16 so whole vectors never read past it.
+template <int W>
+CBGAN_ALWAYS_INLINE void cb_backward_rows_simd(const float* p, const float* g, float* out, int64_t rows, int64_t K,
+                                               float invB) {
+  typedef typename simd::Vec<W>::f F;
+  const int64_t Kv = K / W * W;
+  for (int64_t b = 0; b < rows; ++b) {
+    const float* pr = p + b * K;
+    float* o = out + b * K;
+    F acc = F{};
+    for (int64_t k = 0; k < Kv; k += W) acc += simd::load<W>(pr + k) * simd::load<W>(g + k);
+    float dot = simd::hsum<W>(acc);
+    for (int64_t k = Kv; k < K; ++k) dot += pr[k] * g[k];
+    for (int64_t k = 0; k < Kv; k += W)
+      simd::store<W>(o + k, simd::load<W>(pr + k) * (simd::load<W>(g + k) - dot) * invB);
+    for (int64_t k = Kv; k < K; ++k) o[k] = pr[k] * (g[k] - dot) * invB;
+  }
+}
+
+#ifdef CBGAN_HAS_X86_DISPATCH
+CBGAN_TARGET_AVX512 void cb_backward_rows_avx512(const float* p, const float* g, float* out, int64_t rows, int64_t K,
+                                                 float invB) {
+  cb_backward_rows_simd<16>(p, g, out, rows, K, invB);
+}
+CBGAN_TARGET_AVX2 void cb_backward_rows_avx2(const float* p, const float* g, float* out, int64_t rows, int64_t K,
+                                             float invB) {
+  cb_backward_rows_simd<8>(p, g, out, rows, K, invB);
+}
+#endif
+
+void cb_backward_rows(int W, const float* p, const float* g, float* out, int64_t rows, int64_t K, float invB) {
+#ifdef CBGAN_HAS_X86_DISPATCH
+  if (W == 16) return cb_backward_rows_avx512(p, g, out, rows, K, invB);
+  if (W == 8) return cb_backward_rows_avx2(p, g, out, rows, K, invB);
+#endif
+  cb_backward_rows_simd<4>(p, g, out, rows, K, invB);
+}
+
+// Other dtypes: plain loops (half/bfloat16 convert per element; float64 is the gradcheck path).
+template <typename scalar_t, typename acc_t>
+void cb_backward_rows(int, const scalar_t* p, const acc_t* g, scalar_t* out, int64_t rows, int64_t K, acc_t invB) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const scalar_t* pr = p + b * K;
+    acc_t dot = 0;
+    for (int64_t k = 0; k < K; ++k) dot += static_cast<acc_t>(pr[k]) * g[k];
+    scalar_t* o = out + b * K;
+    for (int64_t k = 0; k < K; ++k) o[k] = static_cast<scalar_t>(static_cast<acc_t>(pr[k]) * (g[k] - dot) * invB);
+  }
 }
 
 at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_in, const at::Tensor& w_in,
@@ -111,20 +247,15 @@ at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, probs.scalar_type(), "class_balancing_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t gl = grad_loss.item().to<acc_t>();
-    std::vector<acc_t> g(K);
+    std::vector<acc_t> g((K + 15) / 16 * 16, acc_t(0));
     for (int64_t k = 0; k < K; ++k) g[k] = cb_grad_coeff(gl, w.data_ptr<acc_t>()[k], mp.data_ptr<acc_t>()[k]);
     const scalar_t* p = probs.data_ptr<scalar_t>();
     scalar_t* out = grad.data_ptr<scalar_t>();
     const acc_t invB = acc_t(1) / static_cast<acc_t>(B);
-    const int64_t grain = std::max<int64_t>(1, 16384 / K);
+    const int W = cpu_simd_width();
+    const int64_t grain = std::max<int64_t>(1, 32768 / K);
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* pr = p + b * K;
-        acc_t dot = 0;
-        for (int64_t k = 0; k < K; ++k) dot += static_cast<acc_t>(pr[k]) * g[k];
-        scalar_t* o = out + b * K;
-        for (int64_t k = 0; k < K; ++k) o[k] = static_cast<scalar_t>(static_cast<acc_t>(pr[k]) * (g[k] - dot) * invB);
-      }
+      cb_backward_rows(W, p + b0 * K, g.data(), out + b0 * K, b1 - b0, K, invB);
     });
   });
   return grad;

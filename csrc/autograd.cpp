@@ -1,0 +1,53 @@
+// Autograd kernels of the fused ops, in C++ (as torchvision does): a Python autograd.Function costs tens
+// of microseconds per call plus garbage-collector work, more than the whole fused op at the papers'
+// small shapes. Fake (meta) kernels stay in Python (cbgan_ext/ops/). Backward kernels are ops of their
+// own, so the backward is one dispatcher call to CPU or CUDA.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+namespace cbgan_ext {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// ---- class balancing regularizer -------------------------------------------------------------------
+class ClassBalancingLossFunction : public torch::autograd::Function<ClassBalancingLossFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& class_weights) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::class_balancing_loss_forward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                                             const at::Tensor&)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, counts, probs, mean_probs] = op.call(logits, class_weights);
+    ctx->save_for_backward({probs, class_weights, mean_probs});
+    ctx->mark_non_differentiable({counts, probs, mean_probs});
+    ctx->set_materialize_grads(false);  // else a [B, K] zero gradient for probs every step
+    return {loss, counts, probs, mean_probs};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_class_balancing_loss_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    return {op.call(grads[0], saved[0], saved[1], saved[2]), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_autograd(const at::Tensor& logits,
+                                                                                        const at::Tensor& w) {
+  auto out = ClassBalancingLossFunction::apply(logits, w);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {
+  m.impl("class_balancing_loss_forward", &class_balancing_loss_autograd);
+}
+
+}  // namespace cbgan_ext
