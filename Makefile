@@ -3,6 +3,9 @@
 # dependencies, the Fashion-MNIST Debian package where apt can install it, and the compiled kernels
 # (CPU always; CUDA too when nvcc and a CUDA build of torch are present; CBGAN_EXT_CUDA=0/1 forces it).
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip on some machines lists every local index folder it skips: keep the log readable.
+QUIET_PIP := 2>&1 | { grep -v '^WARNING: Location' || true; }
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
@@ -18,13 +21,13 @@ setup: $(BUILT)
 
 $(DEPS): requirements.txt
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q $(TORCH_PINS)
-	$(VPY) -m pip install -q -r requirements.txt
+	$(VPY) -m pip install -q --upgrade pip $(QUIET_PIP)
+	$(VPY) -m pip install -q $(TORCH_PINS) $(QUIET_PIP)
+	$(VPY) -m pip install -q -r requirements.txt $(QUIET_PIP)
 	touch $@
 
 $(BUILT): $(DEPS) $(KERNEL_SOURCES)
-	$(VPY) -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(VPY) -m pip install -q --no-build-isolation --no-deps -e . $(QUIET_PIP)
 	$(VPY) -c "import cbgan_ext; print('cbgan_ext build:', cbgan_ext.build_info())"
 	touch $@
 

@@ -69,7 +69,7 @@ def _arch_macro(arch_list):
 def build_extension():
     with_cuda, why = _want_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fopenmp", "-DCBGAN_EXT_OPENMP"]
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     link = ["-fopenmp"]
     macros = []
     if with_cuda:
