@@ -215,12 +215,13 @@ __global__ void __launch_bounds__(kThreads) sn_forward_kernel(const __grid_const
     const scalar_t sigma_s = static_cast<scalar_t>(block_sum(part, red));
     if (k == 0 && threadIdx.x == 0) static_cast<scalar_t*>(a.sigma_out)[l] = sigma_s;
     if (ly.w_sn) {
-      const acc_t sigma = static_cast<acc_t>(sigma_s);
+      // W · (1/σ), as the CPU kernel: within an ulp of W / σ
+      const acc_t inv = static_cast<acc_t>(1.0 / static_cast<double>(static_cast<acc_t>(sigma_s)));
       const scalar_t* w = static_cast<const scalar_t*>(ly.w);
       scalar_t* out = static_cast<scalar_t*>(ly.w_sn);
       const int64_t e1 = imin(ly.numel, (k + 1) * kElems);
       for (int64_t e = k * kElems + threadIdx.x; e < e1; e += kThreads)
-        out[e] = static_cast<scalar_t>(static_cast<acc_t>(w[e]) / sigma);
+        out[e] = static_cast<scalar_t>(static_cast<acc_t>(w[e]) * inv);
     }
   }
 }
@@ -275,6 +276,7 @@ __global__ void __launch_bounds__(kThreads) sn_backward_kernel(const __grid_cons
     for (int c = 0; c < nchunks; ++c) d += ws[ly.ws_partial + c];
     const acc_t sigma = static_cast<acc_t>(static_cast<const scalar_t*>(a.sigma)[ly.sigma_index]);
     const acc_t coef = d / (sigma * sigma);
+    const acc_t inv = static_cast<acc_t>(1.0 / static_cast<double>(sigma));
     const scalar_t* g = static_cast<const scalar_t*>(ly.g);
     const scalar_t* u = static_cast<const scalar_t*>(ly.u);
     const scalar_t* v = static_cast<const scalar_t*>(ly.v);
@@ -288,7 +290,7 @@ __global__ void __launch_bounds__(kThreads) sn_backward_kernel(const __grid_cons
       uint32_t h = r, p = 0;
       if (ly.P > 1) { p = r / H; h = r - p * H; }
       const acc_t uv = static_cast<acc_t>(u[h]) * static_cast<acc_t>(v[p * Q + q]);
-      out[e] = static_cast<scalar_t>(static_cast<acc_t>(g[e]) / sigma - coef * uv);
+      out[e] = static_cast<scalar_t>(static_cast<acc_t>(g[e]) * inv - coef * uv);
     }
   }
 }
