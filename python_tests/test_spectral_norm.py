@@ -228,9 +228,9 @@ def test_opcheck(device):
     g = torch.randn_like(w)
     sigma = torch.tensor(1.7, device=device)
     torch.library.opcheck(cb._spectral_norm_weight_backward.default, (g, w.detach(), u, v, sigma, 0))
+    sigmas = torch.tensor([1.7, 2.1], device=device)
     torch.library.opcheck(cb._spectral_norm_weight_multi_backward.default,
-                          ([g, None], [w.detach(), wt.detach()], [u, ut], [v, vt], torch.tensor([1.7, 2.1], device=device),
-                           [0, 1]))
+                          ([g, None], [w.detach(), wt.detach()], [u, ut], [v, vt], sigmas, [0, 1]))
 
 
 def test_torch_compile_fullgraph_op():

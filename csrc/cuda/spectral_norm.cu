@@ -21,6 +21,9 @@
 
 #include <cooperative_groups.h>
 
+#include <mutex>
+#include <unordered_map>
+
 #include "../common/spectral_norm.h"
 #include "cuda_utils.cuh"
 
@@ -298,15 +301,27 @@ __global__ void __launch_bounds__(kThreads) sn_backward_kernel(const __grid_cons
 // ---------------------------------------------------------------------------------------------------------
 // Host side.
 
-template <typename Kernel, typename Args>
-void launch_cooperative(Kernel kernel, Args& args, int64_t max_items, const at::Tensor& like) {
-  const int dev = like.device().index();
+// Most blocks that can be co-resident (what a cooperative launch may use), queried once per device and kernel.
+template <typename Kernel>
+int64_t max_cooperative_blocks(Kernel kernel, int dev) {
+  static std::mutex mu;
+  static std::unordered_map<int, int64_t> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
   int sms = 0, per_sm = 0, coop = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
   TORCH_CHECK(coop, "spectral_norm: this GPU does not support cooperative launches");
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
-  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(max_items, static_cast<int64_t>(per_sm) * sms));
+  TORCH_CHECK(per_sm > 0, "spectral_norm: the kernel cannot be resident on this GPU");
+  return cache[dev] = static_cast<int64_t>(per_sm) * sms;
+}
+
+template <typename Kernel, typename Args>
+void launch_cooperative(Kernel kernel, Args& args, int64_t max_items, const at::Tensor& like) {
+  const int64_t most = max_cooperative_blocks(kernel, like.device().index());
+  const int64_t grid = std::max<int64_t>(1, std::min<int64_t>(max_items, most));
   void* params[] = {&args};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(grid), dim3(kThreads), params, 0,
                                              c10::cuda::getCurrentCUDAStream()));
@@ -392,8 +407,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sn_run_cuda(const cha
   return {fl.w_sn, fl.u_out, fl.v_out, sigmas.view({})};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sn_power_iteration_cuda(const at::Tensor& weight_mat, const at::Tensor& u,
-                                                                       const at::Tensor& v, int64_t n_iter, double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sn_power_iteration_cuda(const at::Tensor& weight_mat,
+                                                                       const at::Tensor& u, const at::Tensor& v,
+                                                                       int64_t n_iter, double eps) {
   constexpr const char* op = "spectral_norm_power_iteration";
   TORCH_CHECK(weight_mat.dim() == 2, op, ": weight_mat must be 2-D [out, in], got shape ", weight_mat.sizes());
   auto r = sn_run_cuda(op, weight_mat, u, v, 0, n_iter, eps, false);
@@ -479,8 +495,9 @@ std::vector<at::Tensor> sn_backward_cuda_layers(const char* op, const std::vecto
     at::Tensor ws = at::empty({std::max<int64_t>(ws_size, 1)}, weights_in[0].options().dtype(acc_type));
     a.ws = ws.data_ptr();
     a.sigma = sigmas.data_ptr();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weights_in[0].scalar_type(), "spectral_norm_backward_cuda",
-                                    [&] { launch_cooperative(sn_backward_kernel<scalar_t>, a, a.first[n], out[active[a0]]); });
+    const at::Tensor& like = out[active[a0]];
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, like.scalar_type(), "spectral_norm_backward_cuda",
+                                    [&] { launch_cooperative(sn_backward_kernel<scalar_t>, a, a.first[n], like); });
   }
   return out;
 }
