@@ -13,6 +13,20 @@ TORCH_LIBRARY(cbgan_ext, m) {
   // ---- diff augment ------------------------------------------------------------------------------
 
   // ---- spectral norm -----------------------------------------------------------------------------
+  // torch.nn.utils.spectral_norm semantics (v = normalize(W^T u), then u = normalize(W v), sigma = u^T W v).
+  // weight is viewed as the matrix W [size(dim), numel / size(dim)] torch builds by permuting dim to the
+  // front; u [size(dim)] and v [numel / size(dim)] have the weight's dtype. Outputs are new tensors (u, v are
+  // never written in place: the modules copy them into their buffers). sigma is 0-dim, weight's dtype.
+  m.def("spectral_norm_power_iteration(Tensor weight_mat, Tensor u, Tensor v, int n_power_iterations, float eps) -> (Tensor, Tensor, Tensor)");
+  // Power iteration and W / sigma in one launch: (weight_sn (contiguous), u, v, sigma).
+  // n_power_iterations = 0 is eval mode: sigma = u^T W v with the given u, v.
+  m.def("spectral_norm_weight(Tensor weight, Tensor u, Tensor v, int dim, int n_power_iterations, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // grad_weight = grad_weight_sn / sigma - (<grad_weight_sn, weight> / sigma^2) u v^T  (u, v constants).
+  m.def("_spectral_norm_weight_backward(Tensor grad_weight_sn, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor");
+  // All layers of a model in one launch (multi-tensor): same dtype and device for every tensor; returns
+  // (weight_sn list, u list, v list, sigmas [L]). Backward: Tensor?[] grads, None for layers unused.
+  m.def("spectral_norm_weight_multi(Tensor[] weights, Tensor[] us, Tensor[] vs, int[] dims, int n_power_iterations, float eps) -> (Tensor[], Tensor[], Tensor[], Tensor)");
+  m.def("_spectral_norm_weight_multi_backward(Tensor?[] grad_weights_sn, Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor sigmas, int[] dims) -> Tensor[]");
 
   // ---- soft-label projection ---------------------------------------------------------------------
 }

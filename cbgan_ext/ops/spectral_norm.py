@@ -1,0 +1,265 @@
+"""Spectral normalization with torch.nn.utils.spectral_norm semantics, fused.
+
+One power iteration: v = normalize(Wᵀu, eps), u = normalize(W v, eps), σ = uᵀ W v; W_sn = W / σ. Gradients
+reach W through σ with u and v held constant, exactly as in torch. The weight is viewed as the matrix
+torch builds (``dim`` permuted to the front, the rest flattened) without copying it.
+"""
+import torch
+
+_PI = "spectral_norm_power_iteration"
+_W = "spectral_norm_weight"
+_MULTI = "spectral_norm_weight_multi"
+
+
+def _check_tensor(op, **tensors):
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(t).__name__}")
+
+
+def _check_int(op, name, x):
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{op}: {name} must be an int, got {type(x).__name__}")
+
+
+def _wrap_dim(op, weight, dim):
+    torch._check(-weight.dim() <= dim < weight.dim(),
+                 lambda: f"{op}: dim must be in [{-weight.dim()}, {weight.dim()}), got {dim}")
+    return dim % weight.dim()
+
+
+def _fake_layer_checks(op, weight, u, v, dim):
+    torch._check(weight.dim() >= 1, lambda: f"{op}: weight must have at least 1 dimension")
+    torch._check(weight.dtype.is_floating_point, lambda: f"{op}: weight must be floating point, got {weight.dtype}")
+    dim = _wrap_dim(op, weight, dim)
+    h = weight.shape[dim]
+    torch._check(u.dim() == 1 and u.shape[0] == h, lambda: f"{op}: u must be 1-D of size {h}, got {tuple(u.shape)}")
+    torch._check(v.dim() == 1 and v.shape[0] * h == weight.numel(),
+                 lambda: f"{op}: v must be 1-D of size numel / size(dim), got {tuple(v.shape)}")
+    torch._check(u.dtype == weight.dtype and v.dtype == weight.dtype,
+                 lambda: f"{op}: u and v must have the weight's dtype {weight.dtype}")
+
+
+# ---- fake (meta) kernels ----------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("cbgan_ext::spectral_norm_power_iteration")
+def _fake_power_iteration(weight_mat, u, v, n_power_iterations, eps):
+    torch._check(weight_mat.dim() == 2, lambda: f"{_PI}: weight_mat must be 2-D [out, in]")
+    _fake_layer_checks(_PI, weight_mat, u, v, 0)
+    return torch.empty_like(u), torch.empty_like(v), weight_mat.new_empty(())
+
+
+@torch.library.register_fake("cbgan_ext::spectral_norm_weight")
+def _fake_weight(weight, u, v, dim, n_power_iterations, eps):
+    _fake_layer_checks(_W, weight, u, v, dim)
+    return (weight.new_empty(weight.shape), torch.empty_like(u), torch.empty_like(v), weight.new_empty(()))
+
+
+@torch.library.register_fake("cbgan_ext::_spectral_norm_weight_backward")
+def _fake_weight_backward(grad_weight_sn, weight, u, v, sigma, dim):
+    return weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("cbgan_ext::spectral_norm_weight_multi")
+def _fake_multi(weights, us, vs, dims, n_power_iterations, eps):
+    torch._check(len(weights) > 0, lambda: f"{_MULTI}: expected at least one weight")
+    for w, u, v, d in zip(weights, us, vs, dims):
+        _fake_layer_checks(_MULTI, w, u, v, d)
+    return ([w.new_empty(w.shape) for w in weights], [torch.empty_like(u) for u in us],
+            [torch.empty_like(v) for v in vs], weights[0].new_empty((len(weights),)))
+
+
+@torch.library.register_fake("cbgan_ext::_spectral_norm_weight_multi_backward")
+def _fake_multi_backward(grads, weights, us, vs, sigmas, dims):
+    return [w.new_empty(w.shape) for w in weights]
+
+
+# ---- autograd -----------------------------------------------------------------------------------------------
+
+
+def _pi_setup(ctx, inputs, output):
+    u, v, sigma = output
+    ctx.mark_non_differentiable(u, v)
+    ctx.save_for_backward(u, v)
+
+
+def _pi_backward(ctx, _gu, _gv, grad_sigma):
+    u, v = ctx.saved_tensors
+    grad_w = None
+    if ctx.needs_input_grad[0]:
+        grad_w = grad_sigma * torch.outer(u, v)  # dσ/dW = u vᵀ with the returned u, v held constant
+    return grad_w, None, None, None, None
+
+
+torch.library.register_autograd("cbgan_ext::spectral_norm_power_iteration", _pi_backward, setup_context=_pi_setup)
+
+
+def _w_setup(ctx, inputs, output):
+    weight, _, _, dim, _, _ = inputs
+    _, u, v, sigma = output
+    ctx.mark_non_differentiable(u, v, sigma)
+    ctx.dim = dim
+    ctx.save_for_backward(weight, u, v, sigma)
+
+
+def _w_backward(ctx, grad_wsn, _gu, _gv, _gs):
+    weight, u, v, sigma = ctx.saved_tensors
+    grad_w = None
+    if ctx.needs_input_grad[0]:
+        if grad_wsn.layout != torch.strided:  # SNEmbedding(sparse=True): the σ term is dense anyway
+            grad_wsn = grad_wsn.to_dense()
+        grad_w = torch.ops.cbgan_ext._spectral_norm_weight_backward(grad_wsn, weight, u, v, sigma, ctx.dim)
+    return grad_w, None, None, None, None, None
+
+
+torch.library.register_autograd("cbgan_ext::spectral_norm_weight", _w_backward, setup_context=_w_setup)
+
+
+def _multi_setup(ctx, inputs, output):
+    weights, _, _, dims, _, _ = inputs
+    _, us, vs, sigmas = output
+    ctx.mark_non_differentiable(*us, *vs, sigmas)
+    ctx.set_materialize_grads(False)  # layers whose W_sn is unused get None, not a zero tensor
+    ctx.dims = list(dims)
+    ctx.n = len(weights)
+    ctx.save_for_backward(*weights, *us, *vs, sigmas)
+
+
+def _multi_backward(ctx, grads_wsn, _gus, _gvs, _gs):
+    saved = ctx.saved_tensors
+    n = ctx.n
+    weights, us, vs, sigmas = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n]
+    none = [None] * n
+    grads = none
+    if any(ctx.needs_input_grad[0]):
+        grads = torch.ops.cbgan_ext._spectral_norm_weight_multi_backward(
+            [None if g is None else (g.to_dense() if g.layout != torch.strided else g) for g in grads_wsn],
+            list(weights), list(us), list(vs), sigmas, ctx.dims)
+    # the tensor-list inputs take lists of gradients (None for u, v: constants)
+    return grads, none, none, None, None, None
+
+
+torch.library.register_autograd("cbgan_ext::spectral_norm_weight_multi", _multi_backward, setup_context=_multi_setup)
+
+
+# ---- public wrappers -----------------------------------------------------------------------------------------
+
+
+def _check_iter(op, n_power_iterations, eps):
+    _check_int(op, "n_power_iterations", n_power_iterations)
+    if n_power_iterations < 0:
+        raise ValueError(f"{op}: n_power_iterations must be >= 0, got {n_power_iterations}")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool):
+        raise TypeError(f"{op}: eps must be a float, got {type(eps).__name__}")
+
+
+def spectral_norm_power_iteration(weight_mat, u, v, n_power_iterations=1, eps=1e-12):
+    """n power iterations of torch.nn.utils.spectral_norm on the matrix ``weight_mat`` [out, in].
+
+    Returns new tensors ``(u, v, sigma)`` (the inputs are not modified): each iteration computes
+    v = normalize(Wᵀu, eps), then u = normalize(W v, eps); sigma = uᵀ W v with the final u, v (0-dim, in
+    weight_mat's dtype). n_power_iterations = 0 returns copies of u, v and sigma = uᵀ W v. sigma is
+    differentiable with respect to weight_mat, with u and v held constant (dσ/dW = u vᵀ), as in torch.
+    """
+    _check_tensor(_PI, weight_mat=weight_mat, u=u, v=v)
+    _check_iter(_PI, n_power_iterations, eps)
+    return torch.ops.cbgan_ext.spectral_norm_power_iteration(weight_mat, u, v, n_power_iterations, float(eps))
+
+
+def spectral_norm_weight(weight, u, v, dim=0, n_power_iterations=1, eps=1e-12):
+    """Fused W / σ(W): the power iteration and the division in one launch, with a fused backward.
+
+    weight: any shape, viewed as torch's matrix [weight.size(dim), -1]; u [size(dim)], v [numel/size(dim)] in
+    the weight's dtype. Returns ``(weight_sn, u, v, sigma)``: weight_sn (contiguous, differentiable w.r.t.
+    weight) and the new u, v, sigma (not differentiable). Use n_power_iterations=0 for eval mode.
+    """
+    _check_tensor(_W, weight=weight, u=u, v=v)
+    _check_int(_W, "dim", dim)
+    _check_iter(_W, n_power_iterations, eps)
+    return torch.ops.cbgan_ext.spectral_norm_weight(weight, u, v, dim, n_power_iterations, float(eps))
+
+
+def spectral_norm_weight_multi(weights, us, vs, dims, n_power_iterations=1, eps=1e-12):
+    """spectral_norm_weight for a list of layers in one launch (all of one dtype and device).
+
+    Returns ``(weights_sn, us, vs, sigmas)``: lists, and sigmas [L]. The backward is one launch too.
+    """
+    for name, lst in (("weights", weights), ("us", us), ("vs", vs)):
+        if not isinstance(lst, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in lst):
+            raise TypeError(f"{_MULTI}: {name} must be a list of tensors")
+    if len(weights) == 0:
+        raise ValueError(f"{_MULTI}: expected at least one weight, got an empty list")
+    if not isinstance(dims, (list, tuple)):
+        raise TypeError(f"{_MULTI}: dims must be a list of ints")
+    for d in dims:
+        _check_int(_MULTI, "dims", d)
+    _check_iter(_MULTI, n_power_iterations, eps)
+    return torch.ops.cbgan_ext.spectral_norm_weight_multi(list(weights), list(us), list(vs), list(dims),
+                                                          n_power_iterations, float(eps))
+
+
+# ---- lean eager paths for the modules ------------------------------------------------------------------------
+# The layers call these once per forward. torch.library's generic autograd wrapper costs ~15 µs per call, and
+# ~80 µs for tensor lists (pytree handling), which is as much as torch's whole spectral norm of a small layer:
+# a plain autograd.Function calling the kernels below the autograd key does the same work for a fraction of
+# that. Same kernels, same backward op; under torch.compile the registered ops above are used instead.
+
+
+class _WeightFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, u, v, dim, n, eps):
+        with torch._C._AutoDispatchBelowAutograd():
+            w_sn, u2, v2, sigma = torch.ops.cbgan_ext.spectral_norm_weight.default(weight, u, v, dim, n, eps)
+        ctx.mark_non_differentiable(u2, v2, sigma)
+        ctx.dim = dim
+        ctx.save_for_backward(weight, u2, v2, sigma)
+        return w_sn, u2, v2, sigma
+
+    @staticmethod
+    def backward(ctx, grad_wsn, _gu, _gv, _gs):
+        return _w_backward(ctx, grad_wsn, None, None, None)
+
+
+class _MultiFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dims, n, eps, *tensors):
+        L = len(dims)
+        weights, us, vs = tensors[:L], tensors[L:2 * L], tensors[2 * L:]
+        with torch._C._AutoDispatchBelowAutograd():
+            w_sn, u2, v2, sigmas = torch.ops.cbgan_ext.spectral_norm_weight_multi.default(
+                list(weights), list(us), list(vs), dims, n, eps)
+        ctx.mark_non_differentiable(*u2, *v2, sigmas)
+        ctx.set_materialize_grads(False)
+        ctx.dims = dims
+        ctx.save_for_backward(*weights, *u2, *v2, sigmas)
+        return (*w_sn, *u2, *v2, sigmas)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        L = len(ctx.dims)
+        saved = ctx.saved_tensors
+        gw = torch.ops.cbgan_ext._spectral_norm_weight_multi_backward(
+            [None if g is None else (g.to_dense() if g.layout != torch.strided else g) for g in grads[:L]],
+            list(saved[:L]), list(saved[L:2 * L]), list(saved[2 * L:3 * L]), saved[3 * L], ctx.dims)
+        return (None, None, None, *gw, *([None] * (2 * L)))
+
+
+def _fast_path():
+    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+def _spectral_norm_weight_module(weight, u, v, dim, n, eps):
+    """spectral_norm_weight for the modules (arguments already valid)."""
+    if _fast_path() and weight.requires_grad:
+        return _WeightFn.apply(weight, u, v, dim, n, eps)
+    return torch.ops.cbgan_ext.spectral_norm_weight(weight, u, v, dim, n, eps)
+
+
+def _spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
+    """spectral_norm_weight_multi for spectral_norm_update_ (arguments already valid)."""
+    if _fast_path() and any(w.requires_grad for w in weights):
+        L = len(weights)
+        out = _MultiFn.apply(list(dims), n, eps, *weights, *us, *vs)
+        return list(out[:L]), list(out[L:2 * L]), list(out[2 * L:3 * L]), out[3 * L]
+    return torch.ops.cbgan_ext.spectral_norm_weight_multi(list(weights), list(us), list(vs), list(dims), n, eps)
