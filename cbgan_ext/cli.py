@@ -1,0 +1,115 @@
+"""The ``cbgan-ext`` command (also ``python -m cbgan_ext.cli``).
+
+Subcommands live in one table: to add one, write ``configure(parser)`` and ``run(args) -> int`` and decorate
+run with ``@subcommand("name", help="...", configure=configure)``; ``main`` builds the parser from the table.
+"""
+import argparse
+import json
+import sys
+
+_SUBCOMMANDS = {}  # name -> (help, configure, run), in registration order
+
+
+def subcommand(name, help, configure):
+    def register(run):
+        if name in _SUBCOMMANDS:
+            raise ValueError(f"cbgan-ext: subcommand {name!r} registered twice")
+        _SUBCOMMANDS[name] = (help, configure, run)
+        return run
+    return register
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="cbgan-ext", description="GANs on long-tailed data (CBGAN, Softlabel-GAN, "
+                                     "BAGAN) with fused CPU/CUDA ops.")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, configure, run) in _SUBCOMMANDS.items():
+        p = subs.add_parser(name, help=help_, description=help_)
+        configure(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_run", None) is None:
+        parser.print_help()
+        return 2
+    return args._run(args) or 0
+
+
+# ------------------------------------------------------------------------------------------- shared arguments
+
+def add_dataset_arguments(p, imbalance_default=1.0):
+    from .data import PROFILES, list_datasets
+    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(list_datasets())}")
+    p.add_argument("--root", default=None, help="dataset directory (default: system files, then $CBGAN_EXT_DATA)")
+    p.add_argument("--imbalance", type=float, default=imbalance_default, metavar="RHO",
+                   help="imbalance ratio rho = largest/smallest class (>= 1)")
+    p.add_argument("--profile", default="exp", choices=PROFILES, help="long-tail profile (default exp, as LDAM/CBGAN)")
+    p.add_argument("--n-max", type=int, default=None, help="scale of the profile (default: smallest class; 5000 for "
+                   "the Softlabel-GAN profiles)")
+    p.add_argument("--image-size", type=int, default=None, help="pad/resize to this square size (fashion-mnist 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+# ------------------------------------------------------------------------------------------- train-classifier
+
+def _configure_train_classifier(p):
+    from .nn.long_tail_losses import LOSSES
+    from .train.classifier import AUGMENTS, LR_SCHEDULES
+    add_dataset_arguments(p, imbalance_default=1.0)
+    p.add_argument("--loss", default="ce", choices=LOSSES)
+    p.add_argument("--out", required=True, help="checkpoint path (written atomically)")
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=2e-4)
+    p.add_argument("--width", type=float, default=1.0, help="channel multiplier of ResNet (1: 16/32/64)")
+    p.add_argument("--depth", type=int, default=32, help="ResNet depth 6n+2 (32 = ResNet-32)")
+    p.add_argument("--lr-schedule", default="step", choices=LR_SCHEDULES)
+    p.add_argument("--warmup-epochs", type=float, default=None, help="default 5/200 of the epochs")
+    p.add_argument("--drw-epoch", type=float, default=None, help="DRW start (default 0.8 x epochs)")
+    p.add_argument("--augment", default="crop-flip", choices=AUGMENTS)
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="also checkpoint within an epoch this often")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final record as JSON on stdout")
+
+
+@subcommand("train-classifier", help="train the ResNet classifier (CBGAN/Softlabel-GAN in-loop classifier or the "
+            "annotator) on a long-tailed dataset", configure=_configure_train_classifier)
+def _run_train_classifier(args):
+    from .train.classifier import train_classifier
+    result = train_classifier(
+        args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
+        dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
+        n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=args.device,
+        loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
+        eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes)
+    summary = {k: result[k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy", "class_counts", "epoch",
+                                      "train_time_s", "finished")}
+    if args.json:
+        print(json.dumps(summary))
+    elif result["balanced_accuracy"] is not None:
+        print(f"{args.out}: balanced test accuracy {result['balanced_accuracy'] * 100:.2f}% "
+              f"(overall {result['accuracy'] * 100:.2f}%) after {result['epoch']} epochs, "
+              f"{result['train_time_s']:.0f}s of training")
+    return 0
+
+
+if __name__ == "__main__":
+    # Dispatch through the importable module so subcommands registered elsewhere land in one table.
+    from cbgan_ext.cli import main as _main
+    sys.exit(_main())
