@@ -61,7 +61,7 @@ def add_dataset_arguments(p, imbalance_default=1.0):
 
 def _configure_train_classifier(p):
     from .nn.long_tail_losses import LOSSES
-    from .train.classifier import AUGMENTS, LR_SCHEDULES
+    from .train.classifier import AMP_DTYPES, AUGMENTS, LR_SCHEDULES
     add_dataset_arguments(p, imbalance_default=1.0)
     p.add_argument("--loss", default="ce", choices=LOSSES)
     p.add_argument("--out", required=True, help="checkpoint path (written atomically)")
@@ -76,6 +76,9 @@ def _configure_train_classifier(p):
     p.add_argument("--warmup-epochs", type=float, default=None, help="default 5/200 of the epochs")
     p.add_argument("--drw-epoch", type=float, default=None, help="DRW start (default 0.8 x epochs)")
     p.add_argument("--augment", default="crop-flip", choices=AUGMENTS)
+    p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
+                   help="autocast dtype; bf16 is ~2.5x faster on AVX-512 CPUs")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW (channels_last is faster on CPU)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                    help="also checkpoint within an epoch this often")
@@ -97,15 +100,16 @@ def _run_train_classifier(args):
         loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
-        eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes)
+        eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes,
+        amp=args.amp, channels_last=not args.no_channels_last)
     summary = {k: result[k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy", "class_counts", "epoch",
-                                      "train_time_s", "finished")}
+                                      "train_time_s", "train_cpu_s", "finished")}
     if args.json:
         print(json.dumps(summary))
     elif result["balanced_accuracy"] is not None:
         print(f"{args.out}: balanced test accuracy {result['balanced_accuracy'] * 100:.2f}% "
               f"(overall {result['accuracy'] * 100:.2f}%) after {result['epoch']} epochs, "
-              f"{result['train_time_s']:.0f}s of training")
+              f"{result['train_time_s']:.0f}s of training ({result['train_cpu_s']:.0f}s CPU)")
     return 0
 
 

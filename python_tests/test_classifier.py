@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEVICES
 
 from cbgan_ext import cli
 from cbgan_ext.data import get_dataset
@@ -230,3 +231,24 @@ def test_python_dash_m_cli_help():
     r = subprocess.run([sys.executable, "-m", "cbgan_ext.cli", "train-classifier", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--imbalance" in r.stdout and "ldam-drw" in r.stdout
+
+
+def test_bf16_autocast_training_runs(tmp_path):
+    out = str(tmp_path / "bf16.pt")
+    r = train_classifier(out, progress=False, log=lambda s: None, epochs=3, loss="ldam-drw", amp="bf16",
+                         imbalance_ratio=2, **TINY)
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in r["history"])
+    assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
+    assert r["balanced_accuracy"] > 0.3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_training_and_soft_labels_on_device(tmp_path, device, amp):
+    out = str(tmp_path / "dev.pt")
+    r = train_classifier(out, progress=False, log=lambda s: None, epochs=2, loss="drw", amp=amp, device=device,
+                         imbalance_ratio=3, drw_epoch=1, **TINY)
+    assert r["finished"] and r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
+    p = soft_labels(out, device=device, use_cache=False)
+    assert p.device.type == "cpu" and p.shape[1] == 10
+    torch.testing.assert_close(p.sum(1), torch.ones(len(p)))
