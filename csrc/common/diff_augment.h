@@ -46,20 +46,42 @@ struct DACoef {
   acc_t a, alpha, gamma, va, vg;
 };
 
-// Traces output pixel (i, j) of stages [0, end) back to the input. Returns 0 and the source pixel when the
-// pixel reads x, else s + 1 where stage s wrote a zero that the later stages carry.
-HOST_DEVICE int da_trace(const DAProgram& p, int end, const int64_t* trans, const int64_t* cut, int64_t b,
-                         int64_t B, int64_t H, int64_t W, int64_t i, int64_t j, int64_t* si, int64_t* sj) {
+HOST_DEVICE int da_clip(int64_t a, int64_t lo, int64_t hi) { return static_cast<int>(a < lo ? lo : (a > hi ? hi : a)); }
+
+// Spatial parameters of stage s for sample b, clamped into int32 without changing which pixels they move out
+// of range or cover (positions lie in [0, H) before each stage): translation v = (sign·t_h, sign·t_w, -, -);
+// cutout v = [r0, r1) × [c0, c1).
+HOST_DEVICE void da_stage_params(const DAProgram& p, int s, const int64_t* trans, const int64_t* cut, int64_t b,
+                                 int64_t B, int64_t H, int64_t W, int* v) {
+  if (p.type[s] == kDATranslation) {
+    const int64_t* t = trans + (p.pidx[s] * B + b) * 2;
+    v[0] = da_clip(p.sign * t[0], -(H + 1), H + 1);
+    v[1] = da_clip(p.sign * t[1], -(W + 1), W + 1);
+    v[2] = v[3] = 0;
+  } else if (p.type[s] == kDACutout) {
+    const int64_t* o = cut + (p.pidx[s] * B + b) * 2;
+    const int64_t r0 = o[0] - p.cut_h / 2, c0 = o[1] - p.cut_w / 2;
+    v[0] = da_clip(r0, -1, H + 1);
+    v[1] = da_clip(r0 + p.cut_h, -1, H + 1);
+    v[2] = da_clip(c0, -1, W + 1);
+    v[3] = da_clip(c0 + p.cut_w, -1, W + 1);
+  } else {
+    v[0] = v[1] = v[2] = v[3] = 0;
+  }
+}
+
+// Traces output pixel (i, j) of stages [0, end) back to the input, with v[4 s ..] from da_stage_params.
+// Returns 0 and the source pixel when the pixel reads x, else s + 1 where stage s wrote a zero that the later
+// stages carry.
+HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W, int i, int j, int* si, int* sj) {
   for (int s = end - 1; s >= 0; --s) {
+    const int* u = v + 4 * s;
     if (p.type[s] == kDATranslation) {
-      const int64_t* t = trans + (p.pidx[s] * B + b) * 2;
-      i += p.sign * t[0];
-      j += p.sign * t[1];
+      i += u[0];
+      j += u[1];
       if (i < 0 || i >= H || j < 0 || j >= W) return s + 1;
     } else if (p.type[s] == kDACutout) {
-      const int64_t* o = cut + (p.pidx[s] * B + b) * 2;
-      const int64_t r0 = o[0] - p.cut_h / 2, c0 = o[1] - p.cut_w / 2;
-      if (i >= r0 && i < r0 + p.cut_h && j >= c0 && j < c0 + p.cut_w) return s + 1;
+      if (i >= u[0] && i < u[1] && j >= u[2] && j < u[3]) return s + 1;
     }
   }
   *si = i;
