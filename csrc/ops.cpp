@@ -11,6 +11,12 @@ TORCH_LIBRARY(cbgan_ext, m) {
   m.def("_class_balancing_loss_backward(Tensor grad_loss, Tensor probs, Tensor class_weights, Tensor mean_probs) -> Tensor");
 
   // ---- diff augment ------------------------------------------------------------------------------
+  // program: policy groups in order, 0 = color, 1 = translation, 2 = cutout. Per-sample parameters, one row
+  // per occurrence of a group: color [n_color, B, 3] (brightness offset, saturation factor, contrast factor),
+  // translation [n_trans, B, 2] int64 (t_h, t_w), cutout [n_cut, B, 2] int64 centres (o_h, o_w);
+  // cutout_size = [S_h, S_w]. The output has x's memory format. The backward is the adjoint map applied to grad.
+  m.def("diff_augment(Tensor x, int[] program, Tensor color, Tensor translation, Tensor cutout, int[] cutout_size) -> Tensor");
+  m.def("_diff_augment_backward(Tensor grad, int[] program, Tensor color, Tensor translation, Tensor cutout, int[] cutout_size) -> Tensor");
 
   // ---- spectral norm -----------------------------------------------------------------------------
   // torch.nn.utils.spectral_norm semantics (v = normalize(W^T u), then u = normalize(W v), sigma = u^T W v).
