@@ -34,23 +34,7 @@ def _fake_backward(grad_out, h, class_embedding, y, proj, output_mask):
             out(output_mask[2] and y.dtype.is_floating_point, y.shape))
 
 
-def _setup_context(ctx, inputs, output):
-    h, class_embedding, y = inputs
-    _, proj = output
-    ctx.mark_non_differentiable(proj)
-    ctx.save_for_backward(h, class_embedding, y, proj)
-
-
-def _backward(ctx, grad_out, _grad_proj):
-    h, class_embedding, y, proj = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], y.is_floating_point() and ctx.needs_input_grad[2]]
-    if not any(mask):
-        return None, None, None
-    grads = torch.ops.cbgan_ext._soft_label_projection_backward(grad_out, h, class_embedding, y, proj, mask)
-    return tuple(g if m else None for g, m in zip(grads, mask))
-
-
-torch.library.register_autograd("cbgan_ext::soft_label_projection_forward", _backward, setup_context=_setup_context)
+# Autograd is registered in C++ (csrc/autograd.cpp): no Python on the training hot path.
 
 
 def soft_label_projection(h: torch.Tensor, class_embedding: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@
 
 namespace cbgan_ext {
 
-// CPU, float, AVX2: up to this many classes a direct fused loop beats the BLAS calls (their per-call set-up,
+// CPU, float: up to this many classes a direct fused loop beats the BLAS calls (their per-call set-up,
 // packing and the extra passes over [B, L] dominate when K is small); above it the products go to at::mm.
 constexpr int64_t kProjFusedMaxK = 32;
 

@@ -1,12 +1,13 @@
 // CPU kernels of the soft-label projection; formula and layouts in common/projection.h.
 //
-// Soft labels, float, K <= kProjFusedMaxK (AVX2 + FMA at run time): direct loops. Forward: one pass over
-//   the rows; each 32-column strip of P_b = Σ_k y_bk E_k stays in registers across the k loop, is stored
-//   once and dotted with h_b at once. Backward: one pass over the rows (dh = g P, dy_bk = g_b ⟨h_b, E_k⟩)
-//   and one over 16-column strips (dE[:, strip] = Σ_b (y_b g_b) ⊗ h_b[strip], in registers over b).
-// Soft labels otherwise: the products go to at::mm (the BLAS the eager graph uses: the same count of
-//   products, see projection.h); the elementwise rest (⟨P_b, h_b⟩; g P, g S, y g) is one fused pass per
-//   direction instead of the eager graph's separate mul/sum/expand kernels and their [B, L] temporaries.
+// Soft labels, float, K <= kProjFusedMaxK: direct SIMD loops. Forward: one pass over the rows; each
+//   strip of P_b = Σ_k y_bk E_k stays in registers across the k loop, is stored once and dotted with h_b at
+//   once. Backward: one pass over the rows (dh = g P, dy_bk = g_b ⟨h_b, E_k⟩) and one over column strips
+//   (dE[:, strip] = Σ_b (y_b g_b) ⊗ h_b[strip], in registers over b).
+// Soft labels otherwise (larger K, or float64/half/bfloat16): the products go to at::mm (the BLAS the
+//   eager graph uses: the same count of products, see projection.h); the elementwise rest (⟨P_b, h_b⟩;
+//   g P, g S, y g) is one fused pass per direction instead of the eager graph's separate mul/sum/expand
+//   kernels and their [B, L] temporaries.
 // Hard labels: no products. out_b = ⟨h_b, E_{y_b}⟩, dh_b = g_b E_{y_b}, dE rows accumulated per column
 //   block in the fixed order of b. E may be a transposed view (Vᵀ of a Linear weight): its rows are then
 //   read in column blocks, so the strided gathers hit cache instead of copying all of E.
@@ -17,9 +18,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
+#include "../common/fast_math.h"
 #include "../common/projection.h"
 
 namespace cbgan_ext {
@@ -46,135 +47,153 @@ inline acc_t dot(const a_t* __restrict__ a, const b_t* __restrict__ b, int64_t n
   return t;
 }
 
-// ---- soft labels, small K, float: fused loops (AVX2 + FMA, chosen at run time) -----------------------------
-// The build targets baseline x86-64 (SSE2), where these loops run several times slower than MKL's run-time
-// dispatched GEMM; compiled for AVX2 + FMA they beat it at small K (no packing, no extra passes). Machines
-// without AVX2, other compilers and other dtypes take the BLAS path below, which is always correct.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CBGAN_PROJ_AVX2 1
-#endif
+// ---- soft labels, small K, float: fused SIMD loops ------------------------------------------------------
+// Written once over W float lanes (common/fast_math.h) and compiled for AVX-512, AVX2+FMA and the baseline
+// ISA, picked at run time. Register blocks keep 8 (16 with AVX-512's 32 registers) independent FMA chains
+// in flight, more than FMA latency × throughput, while each loaded vector feeds 2 to 4 of them.
 
-#ifdef CBGAN_PROJ_AVX2
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
+template <int W>
+using FV = typename simd::Vec<W>::f;
 
-typedef float v8 __attribute__((vector_size(32)));
+template <int W>
+constexpr int kBlock = W >= 16 ? 4 : 2;  // rows (classes) per register block: what the register file holds
 
-inline v8 ld(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void st(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
-inline float hsum(v8 v) {
-  float t = 0;
-  for (int j = 0; j < 8; ++j) t += v[j];
-  return t;
-}
-
-// Rows [b0, b1): P_b = Σ_k y_bk E_k, out_b = ⟨P_b, h_b⟩. A 32-column strip of P_b stays in registers
-// across the k loop, so E is the only stream. E contiguous [K, L].
-void forward_rows(const float* h, const float* E, const float* y, float* out, float* P, int64_t b0, int64_t b1,
-                  int64_t K, int64_t L) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const float* yb = y + b * K;
-    const float* hb = h + b * L;
-    float* pb = P + b * L;
-    v8 t0 = {}, t1 = {};
-    int64_t l = 0;
-    for (; l + 32 <= L; l += 32) {
-      v8 p0 = {}, p1 = {}, p2 = {}, p3 = {};
-      const float* e = E + l;
-      for (int64_t k = 0; k < K; ++k, e += L) {
-        const float c = yb[k];
-        p0 += c * ld(e);
-        p1 += c * ld(e + 8);
-        p2 += c * ld(e + 16);
-        p3 += c * ld(e + 24);
-      }
-      st(pb + l, p0);
-      st(pb + l + 8, p1);
-      st(pb + l + 16, p2);
-      st(pb + l + 24, p3);
-      t0 += p0 * ld(hb + l) + p2 * ld(hb + l + 16);
-      t1 += p1 * ld(hb + l + 8) + p3 * ld(hb + l + 24);
-    }
-    for (; l + 8 <= L; l += 8) {
-      v8 p0 = {};
-      for (int64_t k = 0; k < K; ++k) p0 += yb[k] * ld(E + k * L + l);
-      st(pb + l, p0);
-      t0 += p0 * ld(hb + l);
-    }
-    float ts = 0;
-    for (; l < L; ++l) {
-      float p = 0;
-      for (int64_t k = 0; k < K; ++k) p += yb[k] * E[k * L + l];
-      pb[l] = p;
-      ts += p * hb[l];
-    }
-    out[b] = hsum(t0 + t1) + ts;
-  }
-}
-
-inline float dot(const float* a, const float* b, int64_t L) {
-  v8 s = {};
+// Rows b0, b0 + 1 (R = 2) or b0 alone (R = 1): P_b = Σ_k y_bk E_k, out_b = ⟨P_b, h_b⟩. A 4W-column strip
+// of P stays in registers across the k loop; E is the only stream.
+template <int W, int R>
+CBGAN_ALWAYS_INLINE void fwd_block(const float* h, const float* E, const float* y, float* out, float* P, int64_t b0,
+                                   int64_t K, int64_t L) {
+  FV<W> tot[R] = {};
+  float ts[R] = {};
   int64_t l = 0;
-  for (; l + 8 <= L; l += 8) s += ld(a + l) * ld(b + l);
-  float t = 0;
-  for (; l < L; ++l) t += a[l] * b[l];
-  return hsum(s) + t;
+  for (; l + 4 * W <= L; l += 4 * W) {
+    FV<W> p[R][4] = {};
+    const float* e = E + l;
+    for (int64_t k = 0; k < K; ++k, e += L) {
+      const FV<W> e0 = simd::load<W>(e), e1 = simd::load<W>(e + W), e2 = simd::load<W>(e + 2 * W),
+                  e3 = simd::load<W>(e + 3 * W);
+      for (int r = 0; r < R; ++r) {
+        const float c = y[(b0 + r) * K + k];
+        p[r][0] += c * e0;
+        p[r][1] += c * e1;
+        p[r][2] += c * e2;
+        p[r][3] += c * e3;
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      float* pb = P + (b0 + r) * L + l;
+      const float* hb = h + (b0 + r) * L + l;
+      for (int v = 0; v < 4; ++v) {
+        simd::store<W>(pb + v * W, p[r][v]);
+        tot[r] += p[r][v] * simd::load<W>(hb + v * W);
+      }
+    }
+  }
+  for (; l + W <= L; l += W) {
+    FV<W> p[R] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const FV<W> e0 = simd::load<W>(E + k * L + l);
+      for (int r = 0; r < R; ++r) p[r] += y[(b0 + r) * K + k] * e0;
+    }
+    for (int r = 0; r < R; ++r) {
+      simd::store<W>(P + (b0 + r) * L + l, p[r]);
+      tot[r] += p[r] * simd::load<W>(h + (b0 + r) * L + l);
+    }
+  }
+  for (; l < L; ++l)
+    for (int r = 0; r < R; ++r) {
+      float p = 0;
+      for (int64_t k = 0; k < K; ++k) p += y[(b0 + r) * K + k] * E[k * L + l];
+      P[(b0 + r) * L + l] = p;
+      ts[r] += p * h[(b0 + r) * L + l];
+    }
+  for (int r = 0; r < R; ++r) out[b0 + r] = simd::hsum<W>(tot[r]) + ts[r];
 }
 
-// Rows [b0, b1): dh_b = g_b P_b; dy_bk = g_b ⟨h_b, E_k⟩, four classes per sweep of h_b.
-void backward_rows(const float* g, const float* h, const float* E, const float* P, float* dh, float* dy, int64_t b0,
-                   int64_t b1, int64_t K, int64_t L) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const float gb = g[b];
-    if (dh) {
-      const float* pb = P + b * L;
-      float* o = dh + b * L;
+template <int W>
+CBGAN_ALWAYS_INLINE void fwd_rows(const float* h, const float* E, const float* y, float* out, float* P, int64_t b0,
+                                  int64_t b1, int64_t K, int64_t L) {
+  constexpr int R = kBlock<W>;
+  int64_t b = b0;
+  for (; b + R <= b1; b += R) fwd_block<W, R>(h, E, y, out, P, b, K, L);
+  for (; b < b1; ++b) fwd_block<W, 1>(h, E, y, out, P, b, K, L);
+}
+
+// dy[b, k] = g_b ⟨h_b, E_k⟩ for rows b0 .. b0 + R and classes k0 .. k0 + C.
+template <int W, int R, int C>
+CBGAN_ALWAYS_INLINE void dy_block(const float* g, const float* h, const float* E, float* dy, int64_t b0, int64_t k0,
+                                  int64_t K, int64_t L) {
+  FV<W> s[R][C] = {};
+  float t[R][C] = {};
+  int64_t l = 0;
+  for (; l + W <= L; l += W) {
+    FV<W> hv[R], ev[C];
+    for (int r = 0; r < R; ++r) hv[r] = simd::load<W>(h + (b0 + r) * L + l);
+    for (int c = 0; c < C; ++c) ev[c] = simd::load<W>(E + (k0 + c) * L + l);
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) s[r][c] += hv[r] * ev[c];
+  }
+  for (; l < L; ++l)
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) t[r][c] += h[(b0 + r) * L + l] * E[(k0 + c) * L + l];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) dy[(b0 + r) * K + k0 + c] = g[b0 + r] * (simd::hsum<W>(s[r][c]) + t[r][c]);
+}
+
+template <int W, int R>
+CBGAN_ALWAYS_INLINE void dy_rows(const float* g, const float* h, const float* E, float* dy, int64_t b0, int64_t K,
+                                 int64_t L) {
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) dy_block<W, R, 4>(g, h, E, dy, b0, k, K, L);
+  for (; k + 2 <= K; k += 2) dy_block<W, R, 2>(g, h, E, dy, b0, k, K, L);
+  for (; k < K; ++k) dy_block<W, R, 1>(g, h, E, dy, b0, k, K, L);
+}
+
+// Rows [b0, b1): dh_b = g_b P_b and dy_b.
+template <int W>
+CBGAN_ALWAYS_INLINE void bwd_rows(const float* g, const float* h, const float* E, const float* P, float* dh, float* dy,
+                                  int64_t b0, int64_t b1, int64_t K, int64_t L) {
+  if (dh)
+    for (int64_t b = b0; b < b1; ++b) {
+      const float gb = g[b];
       int64_t l = 0;
-      for (; l + 8 <= L; l += 8) st(o + l, gb * ld(pb + l));
-      for (; l < L; ++l) o[l] = gb * pb[l];
+      for (; l + W <= L; l += W) simd::store<W>(dh + b * L + l, gb * simd::load<W>(P + b * L + l));
+      for (; l < L; ++l) dh[b * L + l] = gb * P[b * L + l];
     }
-    if (dy) {
-      const float* hb = h + b * L;
-      int64_t k = 0;
-      for (; k + 4 <= K; k += 4) {
-        const float* e = E + k * L;
-        v8 s0 = {}, s1 = {}, s2 = {}, s3 = {};
-        int64_t l = 0;
-        for (; l + 8 <= L; l += 8) {
-          const v8 hv = ld(hb + l);
-          s0 += hv * ld(e + l);
-          s1 += hv * ld(e + L + l);
-          s2 += hv * ld(e + 2 * L + l);
-          s3 += hv * ld(e + 3 * L + l);
-        }
-        float r0 = 0, r1 = 0, r2 = 0, r3 = 0;
-        for (; l < L; ++l) {
-          r0 += hb[l] * e[l];
-          r1 += hb[l] * e[L + l];
-          r2 += hb[l] * e[2 * L + l];
-          r3 += hb[l] * e[3 * L + l];
-        }
-        dy[b * K + k] = gb * (hsum(s0) + r0);
-        dy[b * K + k + 1] = gb * (hsum(s1) + r1);
-        dy[b * K + k + 2] = gb * (hsum(s2) + r2);
-        dy[b * K + k + 3] = gb * (hsum(s3) + r3);
-      }
-      for (; k < K; ++k) dy[b * K + k] = gb * dot(hb, E + k * L, L);
-    }
+  if (dy) {
+    int64_t b = b0;
+    constexpr int R = kBlock<W>;
+    for (; b + R <= b1; b += R) dy_rows<W, R>(g, h, E, dy, b, K, L);
+    for (; b < b1; ++b) dy_rows<W, 1>(g, h, E, dy, b, K, L);
   }
 }
 
-// 16-column strips [s0, s1): dE[k, strip] = Σ_b cT[k, b] h_b[strip], two classes per sweep of the strip of h.
-void grad_embedding_strips(const float* cT, const float* h, float* dE, int64_t s0, int64_t s1, int64_t B, int64_t K,
-                           int64_t L) {
+// dE[k, strip] = Σ_b cT[k, b] h_b[strip] for classes k0 .. k0 + C, strip = 2W columns from l0.
+template <int W, int C>
+CBGAN_ALWAYS_INLINE void de_block(const float* cT, const float* h, float* dE, int64_t k0, int64_t l0, int64_t B,
+                                  int64_t L) {
+  FV<W> a[C][2] = {};
+  for (int64_t b = 0; b < B; ++b) {
+    const FV<W> h0 = simd::load<W>(h + b * L + l0), h1 = simd::load<W>(h + b * L + l0 + W);
+    for (int c = 0; c < C; ++c) {
+      const float x = cT[(k0 + c) * B + b];
+      a[c][0] += x * h0;
+      a[c][1] += x * h1;
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    simd::store<W>(dE + (k0 + c) * L + l0, a[c][0]);
+    simd::store<W>(dE + (k0 + c) * L + l0 + W, a[c][1]);
+  }
+}
+
+// Strips [s0, s1) of 2W columns; the last may be partial (scalar).
+template <int W>
+CBGAN_ALWAYS_INLINE void de_strips(const float* cT, const float* h, float* dE, int64_t s0, int64_t s1, int64_t B,
+                                   int64_t K, int64_t L) {
   for (int64_t s = s0; s < s1; ++s) {
-    const int64_t l0 = s * 16;
-    if (l0 + 16 > L) {  // the last, partial strip
+    const int64_t l0 = s * 2 * W;
+    if (l0 + 2 * W > L) {
       for (int64_t k = 0; k < K; ++k)
         for (int64_t l = l0; l < L; ++l) {
           float a = 0;
@@ -184,63 +203,62 @@ void grad_embedding_strips(const float* cT, const float* h, float* dE, int64_t s
       continue;
     }
     int64_t k = 0;
-    for (; k + 2 <= K; k += 2) {
-      const float* c0 = cT + k * B;
-      const float* c1 = c0 + B;
-      v8 a0 = {}, a1 = {}, b0 = {}, b1 = {};
-      for (int64_t b = 0; b < B; ++b) {
-        const v8 h0 = ld(h + b * L + l0), h1 = ld(h + b * L + l0 + 8);
-        a0 += c0[b] * h0;
-        a1 += c0[b] * h1;
-        b0 += c1[b] * h0;
-        b1 += c1[b] * h1;
-      }
-      st(dE + k * L + l0, a0);
-      st(dE + k * L + l0 + 8, a1);
-      st(dE + (k + 1) * L + l0, b0);
-      st(dE + (k + 1) * L + l0 + 8, b1);
-    }
-    for (; k < K; ++k) {
-      const float* c0 = cT + k * B;
-      v8 a0 = {}, a1 = {};
-      for (int64_t b = 0; b < B; ++b) {
-        a0 += c0[b] * ld(h + b * L + l0);
-        a1 += c0[b] * ld(h + b * L + l0 + 8);
-      }
-      st(dE + k * L + l0, a0);
-      st(dE + k * L + l0 + 8, a1);
-    }
+    constexpr int C = 2 * kBlock<W>;
+    for (; k + C <= K; k += C) de_block<W, C>(cT, h, dE, k, l0, B, L);
+    for (; k + 2 <= K; k += 2) de_block<W, 2>(cT, h, dE, k, l0, B, L);
+    for (; k < K; ++k) de_block<W, 1>(cT, h, dE, k, l0, B, L);
   }
 }
 
-}  // namespace avx2
-#pragma GCC pop_options
-#endif  // CBGAN_PROJ_AVX2
-
-bool fused_loops_available() {
-#ifdef CBGAN_PROJ_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
+#ifdef CBGAN_HAS_X86_DISPATCH
+CBGAN_TARGET_AVX512 void fwd_rows_avx512(const float* h, const float* E, const float* y, float* out, float* P,
+                                         int64_t b0, int64_t b1, int64_t K, int64_t L) {
+  fwd_rows<16>(h, E, y, out, P, b0, b1, K, L);
 }
+CBGAN_TARGET_AVX2 void fwd_rows_avx2(const float* h, const float* E, const float* y, float* out, float* P, int64_t b0,
+                                     int64_t b1, int64_t K, int64_t L) {
+  fwd_rows<8>(h, E, y, out, P, b0, b1, K, L);
+}
+CBGAN_TARGET_AVX512 void bwd_rows_avx512(const float* g, const float* h, const float* E, const float* P, float* dh,
+                                         float* dy, int64_t b0, int64_t b1, int64_t K, int64_t L) {
+  bwd_rows<16>(g, h, E, P, dh, dy, b0, b1, K, L);
+}
+CBGAN_TARGET_AVX2 void bwd_rows_avx2(const float* g, const float* h, const float* E, const float* P, float* dh,
+                                     float* dy, int64_t b0, int64_t b1, int64_t K, int64_t L) {
+  bwd_rows<8>(g, h, E, P, dh, dy, b0, b1, K, L);
+}
+CBGAN_TARGET_AVX512 void de_strips_avx512(const float* cT, const float* h, float* dE, int64_t s0, int64_t s1, int64_t B,
+                                          int64_t K, int64_t L) {
+  de_strips<16>(cT, h, dE, s0, s1, B, K, L);
+}
+CBGAN_TARGET_AVX2 void de_strips_avx2(const float* cT, const float* h, float* dE, int64_t s0, int64_t s1, int64_t B,
+                                      int64_t K, int64_t L) {
+  de_strips<8>(cT, h, dE, s0, s1, B, K, L);
+}
+#endif
 
 void soft_forward_fused(const float* h, const float* E, const float* y, float* out, float* P, int64_t B, int64_t K,
                         int64_t L) {
-#ifdef CBGAN_PROJ_AVX2
+  const int W = cpu_simd_width();
   at::parallel_for(0, B, grain_for(K * L), [&](int64_t b0, int64_t b1) {
-    avx2::forward_rows(h, E, y, out, P, b0, b1, K, L);
-  });
+#ifdef CBGAN_HAS_X86_DISPATCH
+    if (W == 16) return fwd_rows_avx512(h, E, y, out, P, b0, b1, K, L);
+    if (W == 8) return fwd_rows_avx2(h, E, y, out, P, b0, b1, K, L);
 #endif
+    fwd_rows<4>(h, E, y, out, P, b0, b1, K, L);
+  });
 }
 
 void soft_backward_fused(const float* g, const float* h, const float* E, const float* y, const float* P, float* dh,
                          float* dE, float* dy, int64_t B, int64_t K, int64_t L) {
-#ifdef CBGAN_PROJ_AVX2
+  const int W = cpu_simd_width();
   if (dh || dy) {
     at::parallel_for(0, B, grain_for((dy ? K : 0) * L + L), [&](int64_t b0, int64_t b1) {
-      avx2::backward_rows(g, h, E, P, dh, dy, b0, b1, K, L);
+#ifdef CBGAN_HAS_X86_DISPATCH
+      if (W == 16) return bwd_rows_avx512(g, h, E, P, dh, dy, b0, b1, K, L);
+      if (W == 8) return bwd_rows_avx2(g, h, E, P, dh, dy, b0, b1, K, L);
+#endif
+      bwd_rows<4>(g, h, E, P, dh, dy, b0, b1, K, L);
     });
   }
   if (dE) {
@@ -249,12 +267,15 @@ void soft_backward_fused(const float* g, const float* h, const float* E, const f
     std::vector<float> cT(K * B);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t k = 0; k < K; ++k) cT[k * B + b] = y[b * K + k] * g[b];
-    const int64_t nstrips = (L + 15) / 16;
-    at::parallel_for(0, nstrips, grain_for(K * B * 16), [&](int64_t s0, int64_t s1) {
-      avx2::grad_embedding_strips(cT.data(), h, dE, s0, s1, B, K, L);
+    const int64_t strip = 2 * W, nstrips = (L + strip - 1) / strip;
+    at::parallel_for(0, nstrips, grain_for(K * B * strip), [&](int64_t s0, int64_t s1) {
+#ifdef CBGAN_HAS_X86_DISPATCH
+      if (W == 16) return de_strips_avx512(cT.data(), h, dE, s0, s1, B, K, L);
+      if (W == 8) return de_strips_avx2(cT.data(), h, dE, s0, s1, B, K, L);
+#endif
+      de_strips<4>(cT.data(), h, dE, s0, s1, B, K, L);
     });
   }
-#endif
 }
 
 // ---- soft labels, large K: BLAS products + fused elementwise passes ---------------------------------------
@@ -372,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor> proj_forward_cpu(const at::Tensor& h_in, cons
     return {out, at::empty({0}, h.options())};
   }
   const at::Tensor y = y_in.contiguous();
-  if (K <= kProjFusedMaxK && h.scalar_type() == at::kFloat && fused_loops_available()) {
+  if (K <= kProjFusedMaxK && h.scalar_type() == at::kFloat) {
     const at::Tensor E = E_in.contiguous();  // at most kProjFusedMaxK rows: copying a transposed view is cheap
     at::Tensor P = at::empty({B, L}, h.options());
     soft_forward_fused(h.data_ptr<float>(), E.data_ptr<float>(), y.data_ptr<float>(), out.data_ptr<float>(),
@@ -399,9 +420,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
   // grad_out of a .sum() arrives expanded (stride 0): materialise it once, in opmath.
   const at::Tensor g = grad_out.to(acc_type).contiguous();
   const at::Tensor y = y_in.contiguous();
-  const at::Tensor none = at::empty({0}, h.options());
-  at::Tensor dh = need_dh ? at::empty({B, L}, h.options()) : none;
-  at::Tensor dE, dy = none;
+  // Outputs must not alias one another (schema): each skipped gradient is its own empty tensor.
+  auto none = [&] { return at::empty({0}, h.options()); };
+  at::Tensor dh = need_dh ? at::empty({B, L}, h.options()) : none();
+  at::Tensor dE, dy = none();
 
   if (hard) {
     check_labels_cpu(y, K);
@@ -417,18 +439,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
         dE = acc.scalar_type() == h.scalar_type() ? acc : acc.to(h.scalar_type());
       }
     });
-    return {dh, need_dE ? dE : none, none};
+    return {dh, need_dE ? dE : none(), none()};
   }
 
   const at::Tensor P = proj.contiguous();
-  if (K <= kProjFusedMaxK && h.scalar_type() == at::kFloat && fused_loops_available()) {
+  if (K <= kProjFusedMaxK && h.scalar_type() == at::kFloat) {
     const at::Tensor E = E_in.contiguous();
     if (need_dE) dE = at::empty({K, L}, h.options());
     if (need_dy) dy = at::empty({B, K}, h.options());
     soft_backward_fused(g.data_ptr<float>(), h.data_ptr<float>(), E.data_ptr<float>(), y.data_ptr<float>(),
                         P.data_ptr<float>(), need_dh ? dh.data_ptr<float>() : nullptr,
                         need_dE ? dE.data_ptr<float>() : nullptr, need_dy ? dy.data_ptr<float>() : nullptr, B, K, L);
-    return {dh, need_dE ? dE : none, dy};
+    return {dh, need_dE ? dE : none(), dy};
   }
   at::Tensor S = need_dy ? at::mm(h, E_in.t()) : at::Tensor();
   at::Tensor yg = need_dE ? at::empty({B, K}, h.options()) : at::Tensor();
@@ -438,7 +460,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
                                 need_dy ? S.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
                                 need_dE ? yg.data_ptr<scalar_t>() : nullptr, B, K, L);
   });
-  return {dh, need_dE ? at::mm(yg.t(), h) : none, need_dy ? S : none};
+  return {dh, need_dE ? at::mm(yg.t(), h) : none(), need_dy ? S : none()};
 }
 
 }  // namespace
