@@ -124,3 +124,12 @@ def spectral_norm_weight_multi(weights, us, vs, dims, n_power_iterations=1, eps=
 
 
 # ---- soft-label projection -------------------------------------------------------------------------
+
+
+def soft_label_projection(h, class_embedding, y):
+    """out_b = Σ_k y_bk ⟨h_b, E_k⟩ as projection discriminators write it: ((y @ E) * h).sum(1) for soft
+    labels [B, K] (Softlabel-GAN's bias-free linear map of y), and the embedding gather
+    (E[y] * h).sum(1) for hard labels [B] int64 (the cGAN projection)."""
+    if not y.is_floating_point():
+        return (class_embedding[y] * h).sum(1)
+    return ((y @ class_embedding) * h).sum(1)

@@ -44,10 +44,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
   return {out[0], out[1], out[2], out[3]};
 }
 
+// ---- soft-label projection -------------------------------------------------------------------------
+// Saves proj = y E (soft labels) for dh; the backward op computes only the gradients asked for, so a frozen
+// y (a classifier's detached softmax, the paper's case) costs no h Eᵀ product.
+class SoftLabelProjectionFunction : public torch::autograd::Function<SoftLabelProjectionFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& class_embedding,
+                               const at::Tensor& y) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::soft_label_projection_forward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, proj] = op.call(h, class_embedding, y);
+    ctx->save_for_backward({h, class_embedding, y, proj});
+    ctx->mark_non_differentiable({proj});
+    ctx->set_materialize_grads(false);
+    return {out, proj};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_soft_label_projection_backward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, std::array<bool, 3>)>();
+    const auto saved = ctx->get_saved_variables();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      saved[2].is_floating_point() && ctx->needs_input_grad(2)};
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2])) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [dh, dE, dy] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], mask);
+    return {mask[0] ? dh : at::Tensor(), mask[1] ? dE : at::Tensor(), mask[2] ? dy : at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> soft_label_projection_autograd(const at::Tensor& h, const at::Tensor& E,
+                                                                  const at::Tensor& y) {
+  auto out = SoftLabelProjectionFunction::apply(h, E, y);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {
   m.impl("class_balancing_loss_forward", &class_balancing_loss_autograd);
+  m.impl("soft_label_projection_forward", &soft_label_projection_autograd);
 }
 
 }  // namespace cbgan_ext

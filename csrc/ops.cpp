@@ -35,4 +35,11 @@ TORCH_LIBRARY(cbgan_ext, m) {
   m.def("_spectral_norm_weight_multi_backward(Tensor?[] grad_weights_sn, Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor sigmas, int[] dims) -> Tensor[]");
 
   // ---- soft-label projection ---------------------------------------------------------------------
+  // out_b = Σ_k y_bk ⟨h_b, E_k⟩; h [B, L], class_embedding E [K, L], y soft [B, K] (h's dtype) or hard [B]
+  // int64. Returns (out [B] in h's dtype, proj): proj = y E [B, L] saved for backward (soft y), or an empty
+  // [0] tensor for hard y (E_{y_b} is a row read then, nothing to save).
+  m.def("soft_label_projection_forward(Tensor h, Tensor class_embedding, Tensor y) -> (Tensor, Tensor)");
+  // Returns (dh [B, L], dE [K, L], dy [B, K]), each contiguous; an entry whose output_mask is false (dy for
+  // hard y always) is an empty [0] tensor.
+  m.def("_soft_label_projection_backward(Tensor grad_out, Tensor h, Tensor class_embedding, Tensor y, Tensor proj, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -1,0 +1,54 @@
+"""ProjectionHead: a projection discriminator's head for hard or soft labels (Softlabel-GAN, Fig. 3).
+
+    head = ProjectionHead(in_features=512, num_classes=10)
+    d_out = head(phi_x, y)          # y: hard labels [B] int64 or soft labels [B, K]
+
+D(x, y) = ψ(φ(x)) + φ(x)ᵀ V y: ψ is a linear layer to one logit, V [L, K] the weight of a bias-free
+linear map of the label vector (the paper replaces the cGAN's embedding lookup by it so that a classifier's
+softmax can be fed). For a one-hot y both give the same number, and hard labels take the gather path.
+"""
+import torch
+from torch import nn
+
+from ..ops import soft_label_projection
+
+
+def _spectral_norm(module):
+    # The embedding's weight is read directly (not through module.forward), so SN must be a parametrization
+    # (recomputed on access) rather than the forward-pre-hook torch.nn.utils.spectral_norm.
+    return torch.nn.utils.parametrizations.spectral_norm(module)  # TODO(sn): switch to cbgan_ext.nn.SNLinear
+
+
+class ProjectionHead(nn.Module):
+    def __init__(self, in_features, num_classes, spectral_norm=True):
+        super().__init__()
+        if int(in_features) < 1 or int(num_classes) < 1:
+            raise ValueError(f"ProjectionHead: in_features and num_classes must be >= 1, got {in_features} "
+                             f"and {num_classes}")
+        self.in_features = int(in_features)
+        self.num_classes = int(num_classes)
+        self.spectral_norm = bool(spectral_norm)
+        self.psi = nn.Linear(self.in_features, 1)
+        self.embed = nn.Linear(self.num_classes, self.in_features, bias=False)  # V [L, K]
+        if self.spectral_norm:
+            self.psi = _spectral_norm(self.psi)
+            self.embed = _spectral_norm(self.embed)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, num_classes={self.num_classes}, spectral_norm={self.spectral_norm}"
+
+    @property
+    def class_embedding(self):
+        """E = Vᵀ [K, L], a view (no copy); spectrally normalised when the head is."""
+        return self.embed.weight.t()
+
+    def forward(self, h, y):
+        """h [B, in_features]; y hard labels [B] int64 or soft labels [B, num_classes]. Returns [B]."""
+        if h.dim() != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"ProjectionHead: h must be [B, {self.in_features}], got {tuple(h.shape)}")
+        psi = self.psi(h).squeeze(1)
+        # Under autocast ψ(h) and h may be half while V is float32: the fused op wants one dtype.
+        E = self.class_embedding.to(h.dtype)
+        if y.is_floating_point():
+            y = y.to(h.dtype)
+        return psi + soft_label_projection(h, E, y)
