@@ -24,8 +24,10 @@ from .train.gan import GANTrainer, batched, evaluate_samples
 
 DEFAULTS = dict(
     dataset="fashion-mnist", imbalance=100.0, image_size=32,
-    classifier=dict(loss="ldam-drw", epochs=6, width=0.5, batch_size=128, lr=0.1),
-    annotator=dict(loss="ce", epochs=3, width=0.5, batch_size=128, lr=0.1),
+    # Short-run settings measured on this 2-core CPU (issue 6): DRW with a cosine schedule beats LDAM-DRW
+    # in a few epochs; bf16 autocast cuts a CPU batch ~2.5x. ~86% / ~90% balanced test accuracy.
+    classifier=dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="bf16"),
+    annotator=dict(loss="ce", epochs=3, width=0.5, depth=32, lr_schedule="cosine", amp="bf16"),
     gan=dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=100, eval_every=500,
              ema_start=1000, ema_decay=0.999, eval_samples=2000),
     final_samples=10000,
@@ -37,7 +39,7 @@ def _log(msg):
 
 
 def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads):
-    done = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False).get("complete", False)
+    done = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False).get("finished", False)
     if not done:
         train_classifier(path, resume=os.path.exists(path), progress=True, threads=threads, dataset=dataset,
                          imbalance_ratio=imbalance, image_size=image_size, seed=seed, **settings)
@@ -76,10 +78,13 @@ def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=
     _log("3/5 annotator (balanced data)")
     ann = _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
                       image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads)
-    acc = {"classifier": clf.checkpoint_info.get("final", {}), "annotator": ann.checkpoint_info.get("final", {})}
+    acc = {name: {k: m.checkpoint_info.get(k) for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
+           for name, m in (("classifier", clf), ("annotator", ann))}
+    _log(f"    classifier balanced accuracy {acc['classifier']['balanced_accuracy']:.3f}, "
+         f"annotator {acc['annotator']['balanced_accuracy']:.3f}")
 
     results = {}
-    real_stats = FeatureStats(batched(ClassifierFeatures(ann), test.images_float()))
+    real_stats = FeatureStats(batched(ClassifierFeatures(ann), test.float_images()))
     for i, method in enumerate(methods):
         _log(f"4/5 {method} ({i + 1}/{len(methods)})")
         g = cfg["gan"]

@@ -91,6 +91,7 @@ def test_paper_lambda():
 
 
 def _trainer(tmp, steps, method="cbgan"):
+    torch.manual_seed(0)  # the frozen classifiers are inputs, not trainer state: the same for every run
     return GANTrainer(TinyData(), str(tmp), method=method, steps=steps, arch="sndcgan", width=0.125, z_dim=16,
                       batch_size=8, classifier=TinyClassifier(), annotator=TinyClassifier(), cycle=2,
                       eval_samples=64, ema_start=2, log_every=1, sample_every=0, eval_every=3, ckpt_every=3,

@@ -100,6 +100,8 @@ class GANTrainer(TrainLoop):
 
     @staticmethod
     def _stack_dataset(dataset):
+        if hasattr(dataset, "float_images"):  # cbgan_ext.data's in-memory datasets
+            return dataset.float_images()
         images = getattr(dataset, "images", None)
         if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
             return images
@@ -128,11 +130,11 @@ class GANTrainer(TrainLoop):
         with torch.no_grad():
             d_real = D(real)
         loss_g = relativistic_g_loss(D(fake), d_real)
-        metrics = {"loss_d": float(loss_d), "loss_g": float(loss_g)}
+        metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item()}
         if self.reg is not None:
             reg = self.reg(self.classifier(fake))
             loss_g = loss_g + reg
-            metrics["reg"] = float(reg)
+            metrics["reg"] = reg.detach().item()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
