@@ -93,6 +93,8 @@ def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=
                              annotator=ann, cycle=g["cycle"], ema_start=g["ema_start"], ema_decay=g["ema_decay"],
                              eval_samples=g["eval_samples"], eval_every=g["eval_every"], sample_every=g["eval_every"],
                              ckpt_every=max(1, g["eval_every"] // 2), seed=seed)
+        trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
+                              classifier=os.path.join(out, "classifier.pt") if method == "cbgan" else None)
         best = trainer.run()
         if best is not None and os.path.exists(trainer.best_path):
             trainer.load_state_dict(torch.load(trainer.best_path, map_location="cpu", weights_only=False))

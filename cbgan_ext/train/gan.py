@@ -96,7 +96,8 @@ class GANTrainer(TrainLoop):
                            lr=lr, betas=list(betas), lam=None if self.reg is None else self.reg.lam, alpha=alpha,
                            beta=beta, cycle=cycle, weighting=weighting, ema_decay=ema_decay, ema_start=ema_start,
                            seed=seed, num_classes=self.num_classes, image_shape=list(x0.shape),
-                           class_counts=[int(c) for c in dataset.class_counts])
+                           class_counts=[int(c) for c in dataset.class_counts],
+                           dataset=getattr(dataset, "config", None))
 
     @staticmethod
     def _stack_dataset(dataset):
@@ -195,3 +196,51 @@ def evaluate_samples(fakes, annotator, num_classes, real_stats):
     hist = class_histogram(annotate(annotator, fakes), num_classes)
     fd = frechet_distance(FeatureStats(batched(ClassifierFeatures(annotator), fakes)), real_stats)
     return {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist()}
+
+
+def _run_checkpoint(run_dir, checkpoint):
+    from . import checkpoint as ckpt
+    path = os.path.join(run_dir, "best.pt" if checkpoint == "best" else "checkpoint.pt")
+    if checkpoint == "best" and not os.path.exists(path):
+        path = os.path.join(run_dir, "checkpoint.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cbgan-ext: no checkpoint in {run_dir} (looked for best.pt and checkpoint.pt)")
+    return ckpt.load(path)
+
+
+def load_generator(run_dir, checkpoint="best", device="cpu"):
+    """(EMA generator in eval mode, z_dim) of a ``cbgan-ext train`` run."""
+    state = _run_checkpoint(run_dir, checkpoint)
+    c = state["config"]
+    shape = c["image_shape"]
+    G, _ = build_gan(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"])
+    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["modules"]["G"])
+    return G.to(device).eval(), c["z_dim"]
+
+
+@torch.no_grad()
+def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0):
+    """The metrics of a run: annotator histogram, KL to uniform, FD-annotator, and FID (clean-fid's
+    Inception) when requested or when its weights are available (fid="auto")."""
+    from ..data import dataset_from_config
+    from ..metrics import InceptionFeatures, inception_available
+    from ..models.classifier import load_classifier
+    state = _run_checkpoint(run_dir, checkpoint)
+    c = state["config"]
+    ann_path = annotator or c.get("annotator")
+    if not ann_path:
+        raise ValueError("cbgan-ext eval: the run records no annotator; pass --annotator")
+    ann = load_classifier(ann_path, map_location=device)
+    G, z_dim = load_generator(run_dir, checkpoint, device)
+    g = torch.Generator().manual_seed(seed)
+    fakes = torch.cat([G(torch.randn(min(500, n - i), z_dim, generator=g).to(device)).cpu() for i in range(0, n, 500)])
+    if "dataset" not in c:
+        raise ValueError(f"cbgan-ext eval: {run_dir} records no dataset config")
+    real = dataset_from_config(c["dataset"], split="test", imbalance_ratio=1.0).float_images()
+    real_stats = FeatureStats(batched(ClassifierFeatures(ann), real))
+    res = evaluate_samples(fakes, ann, len(c["class_counts"]), real_stats)
+    res.update(step=state["step"], checkpoint=checkpoint, n=n)
+    if fid == "inception" or (fid == "auto" and inception_available()):
+        inc = InceptionFeatures(device=device)
+        res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), FeatureStats(batched(inc, real, 100)))
+    return res
