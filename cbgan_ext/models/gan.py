@@ -174,14 +174,32 @@ class ResNetDiscriminator(nn.Module):
 ARCHITECTURES = ("sndcgan", "snresgan")
 
 
-def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False):
-    """(generator, discriminator) for ``arch`` in ARCHITECTURES."""
+def init_orthogonal_(model):
+    """StudioGAN's "ortho" initialisation (the official CBGAN code's): orthogonal conv/linear weights, zero
+    biases. PyTorch's default init lets the SN discriminator overpower the generator within ~50 steps."""
+    for m in model.modules():
+        w = getattr(m, "weight_orig", None)
+        if w is None and isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            w = m.weight
+        if isinstance(w, torch.Tensor) and w.dim() >= 2:
+            nn.init.orthogonal_(w)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+    return model
+
+
+def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False, init="ortho"):
+    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"."""
     if arch == "sndcgan":
         if image_size != 32:
             raise ValueError(f"build_gan: sndcgan is defined at 32×32, got image_size={image_size}")
-        return (DCGANGenerator(z_dim, channels, width, g_spectral_norm),
-                DCGANDiscriminator(channels, width))
-    if arch == "snresgan":
-        return (ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm),
-                ResNetDiscriminator(channels, image_size, width))
-    raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+        G, D = DCGANGenerator(z_dim, channels, width, g_spectral_norm), DCGANDiscriminator(channels, width)
+    elif arch == "snresgan":
+        G = ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm)
+        D = ResNetDiscriminator(channels, image_size, width)
+    else:
+        raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if init == "ortho":
+        init_orthogonal_(G)
+        init_orthogonal_(D)
+    return G, D
