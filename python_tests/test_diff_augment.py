@@ -312,6 +312,16 @@ def test_torch_compile_fullgraph():
     g2, = torch.autograd.grad(l2, x)
     torch.testing.assert_close(l1, l2)
     torch.testing.assert_close(g1, g2)
+    # drawing the parameters inside the compiled region: the module traces whole and draws the same stream
+    aug = cbgan_ext.DiffAugment("color,translation,cutout")
+    caug = torch.compile(aug, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    a = caug(x)
+    torch.manual_seed(5)
+    b = original_diff_augment(x.detach(), "color,translation,cutout")
+    _assert_close(a, b, torch.float32)
+    ga, = torch.autograd.grad(a.sum(), x)
+    assert torch.isfinite(ga).all()
 
 
 def test_autocast_and_half_paths_cpu():

@@ -5,6 +5,7 @@
 // x (an affine map of a contiguous source segment) or hold a constant; the inner loops are plain
 // restrict-qualified loops over a run, which vectorise.
 // Sums are per sample, in a fixed order on one thread each: results do not depend on the thread count.
+// Batches of many samples run one parallel region per call: sample by sample, reduce then write.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -174,6 +175,9 @@ void fill_run(scalar_t* __restrict__ o, int64_t n, scalar_t z) {
   for (int64_t j = 0; j < n; ++j) o[j] = z;
 }
 
+// Elements per parallel chunk (about a millisecond of work; see Runner::run).
+constexpr int64_t kDAGrain = int64_t(1) << 20;
+
 template <typename scalar_t, typename acc_t>
 struct Runner {
   const DAProgram& p;
@@ -191,8 +195,10 @@ struct Runner {
     for (int s = 0; s <= end; ++s) coef[s] = da_coef<acc_t>(p, s, end, color, means.data(), b, B);
     std::vector<Run> runs;
     const int64_t HW = H * W;
-    // va is per sample, so the x part is one running sum over all live runs of the sample
-    LaneSum<acc_t> xs;
+    // va is per sample, so the x part is one sum over all live pixels: per-column partial sums down the rows
+    // (elementwise adds, which vectorise), then one fixed-order sum of the columns.
+    std::vector<acc_t> colsum(nhwc ? W * C : W, acc_t(0));
+    acc_t* __restrict__ cs = colsum.data();
     acc_t consts = 0;
     uint64_t prev_sig = ~uint64_t(0);
     int64_t off = 0;
@@ -207,95 +213,119 @@ struct Runner {
         row += static_cast<acc_t>(n) * coef[u.start].vg;
         if (u.start != 0) continue;
         if (!nhwc) {
-          const scalar_t* xr = x + (b * C * H + r) * W + off + u.j0;
-          for (int64_t c = 0; c < C; ++c) xs.add(xr + c * HW, n);
+          const scalar_t* __restrict__ xr = x + (b * C * H + r) * W + off + u.j0;
+          acc_t* __restrict__ cr = cs + u.j0;
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t j = 0; j < n; ++j) cr[j] += static_cast<acc_t>(xr[c * HW + j]);
         } else {
-          xs.add(x + ((b * H + r) * W + off + u.j0) * C, n * C);
+          const scalar_t* __restrict__ xr = x + ((b * H + r) * W + off + u.j0) * C;
+          acc_t* __restrict__ cr = cs + u.j0 * C;
+          for (int64_t k = 0; k < n * C; ++k) cr[k] += static_cast<acc_t>(xr[k]);
         }
       }
       consts += row;
     }
+    LaneSum<acc_t> xs;
+    xs.add(cs, static_cast<int64_t>(colsum.size()));
     return consts + coef[0].va * xs.total() / static_cast<acc_t>(C);
   }
 
-  void compute_means() {
+  // Means of every colour stage of sample b, in program order (each stage's coefficients need the earlier
+  // means). Only entries of sample b are written, so samples can run on different threads.
+  void sample_means(int64_t b) {
     const int64_t CHW = C * H * W;
-    std::vector<acc_t> xmean;
+    acc_t xmean = 0;
+    bool have_xmean = false;
     for (int q = 0; q < p.n; ++q) {
       if (p.type[q] != kDAColor) continue;
-      acc_t* m = means.data() + p.pidx[q] * B;
+      acc_t& m = means[p.pidx[q] * B + b];
       if (!da_has_spatial(p, q)) {
         // Every pixel reads x with the same coefficients: the mean is va·mean(x) + vg.
-        if (xmean.empty()) {
-          xmean.resize(B);
-          at::parallel_for(0, B, std::max<int64_t>(1, 65536 / CHW), [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; ++b)
-            {
-              LaneSum<acc_t> ls;
-              ls.add(x + b * CHW, CHW);
-              xmean[b] = ls.total() / static_cast<acc_t>(CHW);
-            }
-          });
+        if (!have_xmean) {
+          LaneSum<acc_t> ls;
+          ls.add(x + b * CHW, CHW);
+          xmean = ls.total() / static_cast<acc_t>(CHW);
+          have_xmean = true;
         }
-        for (int64_t b = 0; b < B; ++b) {
-          const DACoef<acc_t> c = da_coef<acc_t>(p, 0, q, color, means.data(), b, B);
-          m[b] = c.va * xmean[b] + c.vg;
-        }
+        const DACoef<acc_t> c = da_coef<acc_t>(p, 0, q, color, means.data(), b, B);
+        m = c.va * xmean + c.vg;
       } else {
-        at::parallel_for(0, B, std::max<int64_t>(1, 65536 / CHW), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) m[b] = traced_sum(q, b) / static_cast<acc_t>(H * W);
-        });
+        m = traced_sum(q, b) / static_cast<acc_t>(H * W);
       }
     }
   }
 
-  void apply(scalar_t* out) const {
+  // Output rows [i0, i1) of sample b, once the means of sample b are known.
+  void apply_rows(scalar_t* out, int64_t b, int64_t i0, int64_t i1, std::vector<acc_t>& tmp,
+                  std::vector<Run>& runs) const {
     const int n = p.n;
-    std::vector<DACoef<acc_t>> coef(B * (n + 1));
-    for (int64_t b = 0; b < B; ++b)
-      for (int s = 0; s <= n; ++s) coef[b * (n + 1) + s] = da_coef<acc_t>(p, s, n, color, means.data(), b, B);
-    const int64_t grain = std::max<int64_t>(1, 32768 / (C * W));
-    at::parallel_for(0, B * H, grain, [&](int64_t r0, int64_t r1) {
-      const int64_t C_ = C, H_ = H, W_ = W, HW = H * W;
-      const acc_t invC = acc_t(1) / static_cast<acc_t>(C_);
-      std::vector<acc_t> tmp(W_);
-      std::vector<Run> runs;
-      int64_t prev_b = -1, off = 0;
-      uint64_t prev_sig = 0;
-      for (int64_t row = r0; row < r1; ++row) {
-        const int64_t b = row / H_, i = row % H_;
-        const DACoef<acc_t>* cb = coef.data() + b * (n + 1);
-        int64_t r = 0;
-        const uint64_t sig = row_signature(p, n, trans, cut, b, B, H_, i, &r);
-        if (b != prev_b || sig != prev_sig) trace_row(p, n, trans, cut, b, B, H_, W_, i, runs, &r, &off);
-        prev_b = b;
-        prev_sig = sig;
-        const acc_t A = cb[0].a, alC = cb[0].alpha * invC, g0 = cb[0].gamma;
-        for (const Run& u : runs) {
-          const int64_t len = u.j1 - u.j0;
-          if (!nhwc) {
-            scalar_t* o = out + (b * C_ * H_ + i) * W_ + u.j0;
-            if (u.start == 0) {
-              const scalar_t* xr = x + (b * C_ * H_ + r) * W_ + off + u.j0;
-              if (C_ == 3)
-                live_run_nchw<3>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
-              else if (C_ == 1)
-                live_run_nchw<1>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
-              else
-                live_run_nchw<0>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
-            } else {
-              const scalar_t z = static_cast<scalar_t>(cb[u.start].gamma);
-              for (int64_t c = 0; c < C_; ++c) fill_run(o + c * HW, len, z);
-            }
+    DACoef<acc_t> cb[kDAMaxStages + 1];
+    for (int s = 0; s <= n; ++s) cb[s] = da_coef<acc_t>(p, s, n, color, means.data(), b, B);
+    const int64_t C_ = C, H_ = H, W_ = W, HW = H * W;
+    const acc_t invC = acc_t(1) / static_cast<acc_t>(C_);
+    const acc_t A = cb[0].a, alC = cb[0].alpha * invC, g0 = cb[0].gamma;
+    int64_t off = 0;
+    uint64_t prev_sig = ~uint64_t(0);
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t r = 0;
+      const uint64_t sig = row_signature(p, n, trans, cut, b, B, H_, i, &r);
+      if (sig != prev_sig) trace_row(p, n, trans, cut, b, B, H_, W_, i, runs, &r, &off);
+      prev_sig = sig;
+      for (const Run& u : runs) {
+        const int64_t len = u.j1 - u.j0;
+        if (!nhwc) {
+          scalar_t* o = out + (b * C_ * H_ + i) * W_ + u.j0;
+          if (u.start == 0) {
+            const scalar_t* xr = x + (b * C_ * H_ + r) * W_ + off + u.j0;
+            if (C_ == 3)
+              live_run_nchw<3>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
+            else if (C_ == 1)
+              live_run_nchw<1>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
+            else
+              live_run_nchw<0>(xr, HW, o, HW, C_, len, A, alC, g0, tmp.data());
           } else {
-            scalar_t* o = out + ((b * H_ + i) * W_ + u.j0) * C_;
-            if (u.start == 0) {
-              live_run_nhwc<scalar_t, acc_t>(x + ((b * H_ + r) * W_ + off + u.j0) * C_, o, C_, len, A, alC, g0);
-            } else {
-              fill_run(o, len * C_, static_cast<scalar_t>(cb[u.start].gamma));
-            }
+            const scalar_t z = static_cast<scalar_t>(cb[u.start].gamma);
+            for (int64_t c = 0; c < C_; ++c) fill_run(o + c * HW, len, z);
+          }
+        } else {
+          scalar_t* o = out + ((b * H_ + i) * W_ + u.j0) * C_;
+          if (u.start == 0) {
+            live_run_nhwc<scalar_t, acc_t>(x + ((b * H_ + r) * W_ + off + u.j0) * C_, o, C_, len, A, alC, g0);
+          } else {
+            fill_run(o, len * C_, static_cast<scalar_t>(cb[u.start].gamma));
           }
         }
+      }
+    }
+  }
+
+  void run(scalar_t* out) {
+    const int64_t CHW = C * H * W;
+    if (B >= 2 * at::get_num_threads()) {
+      // One parallel region over samples: a sample's means need only that sample, so each is reduced and then
+      // written while it is still in cache. Chunks of at least kDAGrain elements: a parallel region costs a
+      // scheduler quantum whenever a core is taken by another process, so small batches stay on one thread.
+      at::parallel_for(0, B, std::max<int64_t>(1, kDAGrain / CHW), [&](int64_t b0, int64_t b1) {
+        std::vector<acc_t> tmp(W);
+        std::vector<Run> runs;
+        for (int64_t b = b0; b < b1; ++b) {
+          sample_means(b);
+          apply_rows(out, b, 0, H, tmp, runs);
+        }
+      });
+      return;
+    }
+    // Few, large samples: the reductions by sample, then the rows of all samples in parallel.
+    at::parallel_for(0, B, std::max<int64_t>(1, kDAGrain / CHW), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) sample_means(b);
+    });
+    at::parallel_for(0, B * H, std::max<int64_t>(1, kDAGrain / (C * W)), [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> tmp(W);
+      std::vector<Run> runs;
+      for (int64_t row = r0; row < r1;) {
+        const int64_t b = row / H, i0 = row % H, i1 = std::min(H, i0 + (r1 - row));
+        apply_rows(out, b, i0, i1, tmp, runs);
+        row += i1 - i0;
       }
     });
   }
@@ -319,8 +349,7 @@ at::Tensor da_run_cpu(const char* op, const at::Tensor& x_in, at::IntArrayRef pr
     Runner<scalar_t, acc_t> run{p, x.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), x.size(3), nhwc,
                                 color.data_ptr<acc_t>(), trans.data_ptr<int64_t>(), cut.data_ptr<int64_t>(),
                                 std::vector<acc_t>(color.size(0) * x.size(0), acc_t(0))};
-    run.compute_means();
-    run.apply(out.data_ptr<scalar_t>());
+    run.run(out.data_ptr<scalar_t>());
   });
   return out;
 }
