@@ -45,6 +45,9 @@ def soft_label_projection(h: torch.Tensor, class_embedding: torch.Tensor, y: tor
     dtype (Softlabel-GAN) or hard labels [B] int64 (cGAN projection ⟨h_b, E_{y_b}⟩, checked to lie in
     [0, K)). Returns [B] in h's dtype, accumulated in float32 for half/bfloat16 (float64 for float64).
     Differentiable with respect to h, class_embedding and soft y.
+
+    On CUDA the hard-label range check reads the labels' min/max back to the host (one synchronisation
+    per forward; skipped during CUDA graph capture, where an out-of-range label yields NaN instead).
     """
     if not all(isinstance(t, torch.Tensor) for t in (h, class_embedding, y)):
         raise TypeError(f"{_OP}: h, class_embedding and y must be tensors, got "

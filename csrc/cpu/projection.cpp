@@ -320,7 +320,7 @@ void check_labels_cpu(const at::Tensor& y, int64_t K) {
 
 constexpr int64_t kColBlock = 64;  // columns of a strided E read per block: the touched rows of Vᵀ stay cached
 
-// out_b = <h_b, E_{y_b}> (h_out == nullptr), or dh_b = g_b E_{y_b} (out == nullptr).
+// out_b = ⟨h_b, E_{y_b}⟩ (dh == nullptr), or dh_b = g_b E_{y_b} (out == nullptr). Labels already checked.
 template <typename scalar_t, typename acc_t>
 void hard_gather(const scalar_t* h, const scalar_t* E, int64_t sE0, int64_t sE1, const int64_t* lab, const acc_t* g,
                  scalar_t* out, scalar_t* dh, int64_t B, int64_t L) {
