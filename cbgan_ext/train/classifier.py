@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..data import ImageDataset, dataset_from_config, get_dataset
 from ..models.classifier import CifarResNet, load_classifier
 from ..nn.long_tail_losses import LOSSES, LongTailLoss
+from .checkpoint import save_atomic
 
 CHECKPOINT_FORMAT = "cbgan_ext.classifier/1"
 LR_SCHEDULES = ("step", "cosine", "constant")
@@ -38,17 +39,8 @@ _RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "seed", "image_
                 "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp")
 
 
-def atomic_save(obj, path):
-    """torch.save to a temporary file beside ``path``, then os.replace: readers never see a partial file."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp.{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+# One atomic writer for every checkpoint of the package (temp file, fsync, os.replace).
+atomic_save = save_atomic
 
 
 def _generator(*seeds):
