@@ -107,7 +107,9 @@ def load_classifier(path, map_location="cpu", eval_mode=True):
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"load_classifier: {path} is not a cbgan_ext classifier checkpoint")
     model = build_classifier(ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(ckpt["model"])  # copies into the CPU-built model: move it where asked
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
     model.checkpoint_info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
     if eval_mode:
         model.eval()
