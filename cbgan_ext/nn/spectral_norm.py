@@ -178,7 +178,7 @@ def _convert_one(module):
     new = cls.__new__(cls)
     state = {}
     for k, val in module.__dict__.items():
-        state[k] = type(val)(val) if isinstance(val, dict) else val  # own copies of the hook/param dicts
+        state[k] = type(val)(val) if isinstance(val, (dict, set)) else val  # own hook/param dicts and sets
     new.__dict__ = state
     for hooks in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_pre_hooks_always_called"):
         getattr(new, hooks, {}).pop(key, None)

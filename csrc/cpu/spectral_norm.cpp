@@ -1,14 +1,15 @@
 // CPU kernels of spectral normalization; formula and the [P, H, Q] view of the weight in common/spectral_norm.h.
 //
-// Every op, single layer or a whole model, runs the same three phases over a list of work items spanning
-// all layers, each phase one at::parallel_for with items split between threads by cost:
-//   colsum  s = Wᵀu    item = (layer, p, block of 64 columns) over all H rows: the 64 sums stay in
-//                       registers and each column is owned by one item, so no partial sums to reduce;
-//   rowdot  t = W v    item = (layer, rows): each row's dot product is owned by one item;
-//   scale   W / σ      item = (layer, rows).
-// The per-layer norms between phases are serial (N + H values per layer). Sums have a fixed association
-// (32 interleaved lanes, then a fixed tree), so results are the same for every thread count and ISA width.
-// Passes over W: 2 per power iteration (σ reuses t = W v) + 1 read and 1 write for W / σ.
+// Every op, single layer or a whole model, cuts each layer into row chunks (at most kMaxChunks, a fixed
+// function of the shape) and runs, per batch of layers, three passes over the same chunk list, each one
+// at::parallel_for with the chunks split between threads by cost:
+//   colsum  s = Wᵀu    per chunk a partial s (64-column strips summed in registers), then summed in chunk order
+//   rowdot  t = W v    each row's dot product within one chunk
+//   scale   W · (1/σ)  elementwise.
+// The per-layer norms between passes are serial (N + H values per layer). Sums have a fixed association
+// (32 interleaved lanes, then a fixed tree; chunks in order), so results are the same for every thread count.
+// Passes over W: 2 per power iteration (σ reuses t = W v) + 1 read and 1 write for W / σ; within a batch the
+// later passes find W in cache (each thread gets the same chunks every pass).
 // Backward: one pass computing ⟨G, W⟩ per layer (fixed chunks, partials summed in order), one writing dW.
 //
 // float and double inner loops are compiled for AVX-512, AVX2+FMA and the baseline ISA (GCC target_clones,
@@ -34,8 +35,10 @@ namespace {
 
 constexpr int64_t kColBlock = 64;      // columns per colsum item: 64 accumulators fit the vector registers
 constexpr int64_t kLanes = 32;         // interleaved partial sums of a dot product
-constexpr int64_t kItemWork = 16384;   // elements per rowdot / scale / backward item
-constexpr int64_t kSerialWork = 32768; // below this many elements a phase stays on the calling thread
+constexpr int64_t kItemWork = 16384;    // elements per row chunk (at least) and per backward item
+constexpr int64_t kMaxChunks = 16;      // row chunks per layer at most: bounds the colsum partials to 16·N
+constexpr int64_t kBatchWork = 262144;  // elements per batch of layers (1 MB of float): fits the cores' L2
+constexpr int64_t kSerialWork = 32768;  // below this many elements a phase stays on the calling thread
 
 // ---------------------------------------------------------------------------------------------------------
 // Inner loops. acc_t sums; T is the stored type.
@@ -144,44 +147,65 @@ CBGAN_SN_LOOPS(double)
 
 // ---------------------------------------------------------------------------------------------------------
 // Work distribution: items of known cost, split into contiguous ranges of about equal cost, one per thread.
+// The split depends only on the item list and the thread count, so every phase over the same list gives each
+// thread the same rows: its share of W stays in its own cache from one pass to the next. Alternate passes
+// walk their range backwards, so that they start on the rows the previous pass touched last.
 
 struct Item {
   int32_t layer;
-  int64_t a, b, c;  // meaning depends on the phase
+  int64_t a, b, c;  // rows [a, b) of the layer, chunk index c
   int64_t cost;
 };
 
 template <typename F>
-void run_items(const std::vector<Item>& items, const F& fn) {
+void run_items(const std::vector<Item>& items, bool reverse, const F& fn) {
   int64_t total = 0;
   for (const Item& it : items) total += it.cost;
   const int64_t nthreads = at::get_num_threads();
-  if (total < kSerialWork || nthreads <= 1 || items.size() <= 1 || at::in_parallel_region()) {
-    for (const Item& it : items) fn(it);
+  const int64_t n = static_cast<int64_t>(items.size());
+  auto run_range = [&](int64_t i0, int64_t i1) {
+    if (reverse)
+      for (int64_t i = i1 - 1; i >= i0; --i) fn(items[i]);
+    else
+      for (int64_t i = i0; i < i1; ++i) fn(items[i]);
+  };
+  if (total < kSerialWork || nthreads <= 1 || n <= 1 || at::in_parallel_region()) {
+    run_range(0, n);
     return;
   }
-  const int64_t nparts = std::min<int64_t>(nthreads, static_cast<int64_t>(items.size()));
-  std::vector<size_t> bounds(nparts + 1, items.size());
+  const int64_t nparts = std::min<int64_t>(nthreads, n);
+  std::vector<int64_t> bounds(nparts + 1, n);
   bounds[0] = 0;
   int64_t acc = 0;
   int64_t part = 1;
-  for (size_t i = 0; i < items.size() && part < nparts; ++i) {
+  for (int64_t i = 0; i < n && part < nparts; ++i) {
     acc += items[i].cost;
     while (part < nparts && acc * nparts >= part * total) bounds[part++] = i + 1;
   }
   at::parallel_for(0, nparts, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
-      for (size_t i = bounds[p]; i < bounds[p + 1]; ++i) fn(items[i]);
+    for (int64_t p = p0; p < p1; ++p) run_range(bounds[p], bounds[p + 1]);
   });
 }
 
-// Items of (layer, row range) over the P·H rows of length Q, about kItemWork elements each.
-inline void row_items(std::vector<Item>& items, int32_t l, int64_t nrows, int64_t rowlen) {
-  const int64_t step = std::max<int64_t>(1, kItemWork / std::max<int64_t>(rowlen, 1));
-  for (int64_t r = 0; r < nrows; r += step) {
-    const int64_t r1 = std::min(nrows, r + step);
-    items.push_back({l, r, r1, 0, (r1 - r) * rowlen});
+// Layers are processed in batches of about kBatchWork elements (a single larger layer is a batch of its own),
+// all passes of a batch before the next: W is then read from memory once and re-read from cache, as when
+// torch handles one layer at a time, instead of streaming the whole model through the cache once per pass.
+template <typename GetNumel>
+std::vector<std::pair<int32_t, int32_t>> layer_batches(int32_t nl, const GetNumel& numel) {
+  std::vector<std::pair<int32_t, int32_t>> batches;
+  int32_t l0 = 0;
+  int64_t work = 0;
+  for (int32_t l = 0; l < nl; ++l) {
+    const int64_t n = numel(l);
+    if (l > l0 && work + n > kBatchWork) {
+      batches.push_back({l0, l});
+      l0 = l;
+      work = 0;
+    }
+    work += n;
   }
+  if (nl > l0) batches.push_back({l0, nl});
+  return batches;
 }
 
 template <typename scalar_t>
@@ -194,7 +218,9 @@ struct Layer {
   scalar_t* v_out;
   scalar_t* w_sn;  // null: no W / σ
   SNShape s;
+  int64_t nchunks = 1;
   std::vector<acc_t> u, v, vec;  // current u, v (rounded to scalar_t), and s or t
+  std::vector<acc_t> part;       // colsum partials [nchunks, N]
   acc_t sigma;
 };
 
@@ -205,28 +231,49 @@ void sn_forward_layers(std::vector<Layer<scalar_t>>& layers, int64_t n_iter, dou
   using L = Loops<scalar_t, acc_t>;
   const acc_t eps = static_cast<acc_t>(eps_d);
   const int32_t nl = static_cast<int32_t>(layers.size());
-  std::vector<Item> col_items, row_list;
-  for (int32_t l = 0; l < nl; ++l) {
-    Layer<scalar_t>& ly = layers[l];
+
+  // s = Wᵀu over the rows of one chunk, into that chunk's partial row: a chunk is a contiguous [rows, Q]
+  // block per p, read by 64-column strips with the sums in registers.
+  auto colsum = [&](const Item& c) {
+    Layer<scalar_t>& ly = layers[c.layer];
     const SNShape& s = ly.s;
-    ly.u.resize(s.H);
-    ly.v.resize(s.N());
-    for (int64_t h = 0; h < s.H; ++h) ly.u[h] = static_cast<acc_t>(ly.u_in[h]);
-    for (int64_t j = 0; j < s.N(); ++j) ly.v[j] = static_cast<acc_t>(ly.v_in[j]);
+    acc_t* out = ly.part.data() + c.c * s.N();
     for (int64_t p = 0; p < s.P; ++p)
       for (int64_t q = 0; q < s.Q; q += kColBlock)
-        col_items.push_back({l, p, q, std::min(kColBlock, s.Q - q), s.H * std::min(kColBlock, s.Q - q)});
-    row_items(row_list, l, s.H, s.N());  // rowdot: rows h of the matrix view
-  }
-
-  auto rowdot = [&](const Item& it) {
-    Layer<scalar_t>& ly = layers[it.layer];
+        L::colsum(ly.w + (p * s.H + c.a) * s.Q + q, s.Q, c.b - c.a, std::min(kColBlock, s.Q - q), ly.u.data() + c.a,
+                  out + p * s.Q + q);
+  };
+  auto rowdot = [&](const Item& c) {
+    Layer<scalar_t>& ly = layers[c.layer];
     const SNShape& s = ly.s;
-    for (int64_t h = it.a; h < it.b; ++h) {
+    for (int64_t h = c.a; h < c.b; ++h) {
       acc_t lanes[kLanes] = {};
       for (int64_t p = 0; p < s.P; ++p) L::dot(ly.w + (p * s.H + h) * s.Q, ly.v.data() + p * s.Q, s.Q, lanes);
       ly.vec[h] = lanes_sum(lanes);
     }
+  };
+  auto scale = [&](const Item& c) {
+    const Layer<scalar_t>& ly = layers[c.layer];
+    const SNShape& s = ly.s;
+    const acc_t inv = inv_sigma(ly.sigma);
+    for (int64_t p = 0; p < s.P; ++p) {
+      const int64_t off = (p * s.H + c.a) * s.Q;
+      L::div(ly.w + off, (c.b - c.a) * s.Q, inv, ly.w_sn + off);
+    }
+  };
+  auto finish_v = [&](Layer<scalar_t>& ly) {
+    // s = Σ_c partial_c in chunk order, v = s / max(‖s‖, eps)
+    const int64_t N = ly.s.N();
+    ly.vec.assign(ly.part.begin(), ly.part.begin() + N);
+    for (int64_t c = 1; c < ly.nchunks; ++c) {
+      const acc_t* pc = ly.part.data() + c * N;
+      for (int64_t j = 0; j < N; ++j) ly.vec[j] += pc[j];
+    }
+    acc_t ss = 0;
+    for (acc_t x : ly.vec) ss += x * x;
+    const acc_t d = sn_norm_denom(ss, eps);
+    for (int64_t j = 0; j < N; ++j) ly.v[j] = static_cast<acc_t>(static_cast<scalar_t>(ly.vec[j] / d));
+    ly.vec.assign(ly.s.H, acc_t(0));
   };
   auto finish_u = [&](Layer<scalar_t>& ly, bool normalize) {
     // t is in ly.vec; u = t / max(‖t‖, eps) (training) and σ = uᵀ t.
@@ -242,45 +289,59 @@ void sn_forward_layers(std::vector<Layer<scalar_t>>& layers, int64_t n_iter, dou
     ly.sigma = static_cast<acc_t>(static_cast<scalar_t>(sg));
   };
 
-  for (int64_t it = 0; it < n_iter; ++it) {
-    for (auto& ly : layers) ly.vec.assign(ly.s.N(), acc_t(0));
-    run_items(col_items, [&](const Item& c) {
-      Layer<scalar_t>& ly = layers[c.layer];
+  const auto batches = layer_batches(nl, [&](int32_t l) { return layers[l].s.P * layers[l].s.H * layers[l].s.Q; });
+  for (const auto& batch : batches) {
+    std::vector<Item> items;  // row chunks of every layer of the batch, used by all passes
+    for (int32_t l = batch.first; l < batch.second; ++l) {
+      Layer<scalar_t>& ly = layers[l];
       const SNShape& s = ly.s;
-      L::colsum(ly.w + c.a * s.H * s.Q + c.b, s.Q, s.H, c.c, ly.u.data(), ly.vec.data() + c.a * s.Q + c.b);
-    });
-    for (auto& ly : layers) {
-      acc_t ss = 0;
-      for (acc_t x : ly.vec) ss += x * x;
-      const acc_t d = sn_norm_denom(ss, eps);
-      for (int64_t j = 0; j < ly.s.N(); ++j) ly.v[j] = static_cast<acc_t>(static_cast<scalar_t>(ly.vec[j] / d));
-      ly.vec.assign(ly.s.H, acc_t(0));
+      ly.u.resize(s.H);
+      ly.v.resize(s.N());
+      ly.vec.assign(s.H, acc_t(0));
+      for (int64_t h = 0; h < s.H; ++h) ly.u[h] = static_cast<acc_t>(ly.u_in[h]);
+      for (int64_t j = 0; j < s.N(); ++j) ly.v[j] = static_cast<acc_t>(ly.v_in[j]);
+      // Chunks depend on the shape only (never on the thread count), so the sums have a fixed order.
+      const int64_t numel = s.H * s.N();
+      const int64_t want = std::min<int64_t>({std::max<int64_t>(1, numel / kItemWork), kMaxChunks, s.H});
+      const int64_t rows = (s.H + want - 1) / want;
+      ly.nchunks = (s.H + rows - 1) / rows;
+      if (n_iter > 0) ly.part.resize(ly.nchunks * s.N());
+      for (int64_t c = 0; c < ly.nchunks; ++c) {
+        const int64_t h0 = c * rows, h1 = std::min(s.H, h0 + rows);
+        items.push_back({l, h0, h1, c, (h1 - h0) * s.N()});
+      }
     }
-    run_items(row_list, rowdot);
-    for (auto& ly : layers) finish_u(ly, true);
+    for (int64_t it = 0; it < n_iter; ++it) {
+      run_items(items, false, colsum);
+      for (int32_t l = batch.first; l < batch.second; ++l) finish_v(layers[l]);
+      run_items(items, true, rowdot);
+      for (int32_t l = batch.first; l < batch.second; ++l) finish_u(layers[l], true);
+    }
+    if (n_iter == 0) {
+      run_items(items, true, rowdot);
+      for (int32_t l = batch.first; l < batch.second; ++l) finish_u(layers[l], false);
+    }
+    if (layers[batch.first].w_sn) run_items(items, false, scale);
+    for (int32_t l = batch.first; l < batch.second; ++l) {
+      Layer<scalar_t>& ly = layers[l];
+      for (int64_t h = 0; h < ly.s.H; ++h) ly.u_out[h] = static_cast<scalar_t>(ly.u[h]);
+      for (int64_t j = 0; j < ly.s.N(); ++j) ly.v_out[j] = static_cast<scalar_t>(ly.v[j]);
+      sigma_out[l] = static_cast<scalar_t>(ly.sigma);
+      std::vector<acc_t>().swap(ly.part);
+    }
   }
-  if (n_iter == 0) {
-    for (auto& ly : layers) ly.vec.assign(ly.s.H, acc_t(0));
-    run_items(row_list, rowdot);
-    for (auto& ly : layers) finish_u(ly, false);
-  }
-  for (int32_t l = 0; l < nl; ++l) {
-    Layer<scalar_t>& ly = layers[l];
-    for (int64_t h = 0; h < ly.s.H; ++h) ly.u_out[h] = static_cast<scalar_t>(ly.u[h]);
-    for (int64_t j = 0; j < ly.s.N(); ++j) ly.v_out[j] = static_cast<scalar_t>(ly.v[j]);
-    sigma_out[l] = static_cast<scalar_t>(ly.sigma);
-  }
-  std::vector<Item> scale_items;
-  for (int32_t l = 0; l < nl; ++l)
-    if (layers[l].w_sn) row_items(scale_items, l, layers[l].s.P * layers[l].s.H, layers[l].s.Q);
-  run_items(scale_items, [&](const Item& c) {
-    const Layer<scalar_t>& ly = layers[c.layer];
-    const int64_t off = c.a * ly.s.Q, n = (c.b - c.a) * ly.s.Q;
-    L::div(ly.w + off, n, inv_sigma(ly.sigma), ly.w_sn + off);
-  });
 }
 
-// Backward for every layer: dW = G / σ − (⟨G, W⟩ / σ²) u vᵀ.
+// Items of (layer, row range) over the P·H rows of length Q, about kItemWork elements each.
+inline void row_items(std::vector<Item>& items, int32_t l, int64_t nrows, int64_t rowlen) {
+  const int64_t step = std::max<int64_t>(1, kItemWork / std::max<int64_t>(rowlen, 1));
+  for (int64_t r = 0; r < nrows; r += step) {
+    const int64_t r1 = std::min(nrows, r + step);
+    items.push_back({l, r, r1, 0, (r1 - r) * rowlen});
+  }
+}
+
+// Backward for every layer: dW = G / σ − (⟨G, W⟩ / σ²) u vᵀ, in the same batches as the forward.
 template <typename scalar_t>
 void sn_backward_layers(const std::vector<const scalar_t*>& g, const std::vector<const scalar_t*>& w,
                         const std::vector<const scalar_t*>& u, const std::vector<const scalar_t*>& v,
@@ -288,41 +349,46 @@ void sn_backward_layers(const std::vector<const scalar_t*>& g, const std::vector
   using acc_t = at::opmath_type<scalar_t>;
   using L = Loops<scalar_t, acc_t>;
   const int32_t nl = static_cast<int32_t>(shapes.size());
-  std::vector<Item> items;
-  std::vector<size_t> first(nl + 1);
-  for (int32_t l = 0; l < nl; ++l) {
-    first[l] = items.size();
-    if (g[l]) row_items(items, l, shapes[l].P * shapes[l].H, shapes[l].Q);
-  }
-  first[nl] = items.size();
-  std::vector<acc_t> partial(items.size());
-  const Item* base = items.data();
-  run_items(items, [&](const Item& c) {
-    const int64_t off = c.a * shapes[c.layer].Q, n = (c.b - c.a) * shapes[c.layer].Q;
-    acc_t lanes[kLanes] = {};
-    L::dot2(g[c.layer] + off, w[c.layer] + off, n, lanes);
-    partial[&c - base] = lanes_sum(lanes);
-  });
-  std::vector<acc_t> coef(nl, acc_t(0)), sig(nl);
-  std::vector<std::vector<acc_t>> vacc(nl);
-  for (int32_t l = 0; l < nl; ++l) {
-    if (!g[l]) continue;
-    acc_t d = 0;
-    for (size_t i = first[l]; i < first[l + 1]; ++i) d += partial[i];
-    sig[l] = static_cast<acc_t>(sigma[l]);
-    coef[l] = d / (sig[l] * sig[l]);
-    vacc[l].resize(shapes[l].N());
-    for (int64_t j = 0; j < shapes[l].N(); ++j) vacc[l][j] = static_cast<acc_t>(v[l][j]);
-  }
-  run_items(items, [&](const Item& c) {
-    const SNShape& s = shapes[c.layer];
-    for (int64_t r = c.a; r < c.b; ++r) {
-      const int64_t p = r / s.H, h = r % s.H;
-      const acc_t a = coef[c.layer] * static_cast<acc_t>(u[c.layer][h]);
-      L::grad(g[c.layer] + r * s.Q, vacc[c.layer].data() + p * s.Q, s.Q, inv_sigma(sig[c.layer]), a,
-              out[c.layer] + r * s.Q);
+  const auto batches =
+      layer_batches(nl, [&](int32_t l) { return g[l] ? shapes[l].P * shapes[l].H * shapes[l].Q : int64_t(0); });
+  for (const auto& batch : batches) {
+    std::vector<Item> items;
+    std::vector<size_t> first(nl + 1, 0);
+    for (int32_t l = batch.first; l < batch.second; ++l) {
+      first[l] = items.size();
+      if (g[l]) row_items(items, l, shapes[l].P * shapes[l].H, shapes[l].Q);
+      first[l + 1] = items.size();
     }
-  });
+    if (items.empty()) continue;
+    std::vector<acc_t> partial(items.size());
+    const Item* base = items.data();
+    run_items(items, false, [&](const Item& c) {
+      const int64_t off = c.a * shapes[c.layer].Q, n = (c.b - c.a) * shapes[c.layer].Q;
+      acc_t lanes[kLanes] = {};
+      L::dot2(g[c.layer] + off, w[c.layer] + off, n, lanes);
+      partial[&c - base] = lanes_sum(lanes);
+    });
+    std::vector<acc_t> coef(nl, acc_t(0)), inv(nl, acc_t(1));
+    std::vector<std::vector<acc_t>> vacc(nl);
+    for (int32_t l = batch.first; l < batch.second; ++l) {
+      if (!g[l]) continue;
+      acc_t d = 0;
+      for (size_t i = first[l]; i < first[l + 1]; ++i) d += partial[i];
+      const acc_t sg = static_cast<acc_t>(sigma[l]);
+      coef[l] = d / (sg * sg);
+      inv[l] = inv_sigma(sg);
+      vacc[l].resize(shapes[l].N());
+      for (int64_t j = 0; j < shapes[l].N(); ++j) vacc[l][j] = static_cast<acc_t>(v[l][j]);
+    }
+    run_items(items, true, [&](const Item& c) {
+      const SNShape& s = shapes[c.layer];
+      for (int64_t r = c.a; r < c.b; ++r) {
+        const int64_t p = r / s.H, h = r % s.H;
+        const acc_t a = coef[c.layer] * static_cast<acc_t>(u[c.layer][h]);
+        L::grad(g[c.layer] + r * s.Q, vacc[c.layer].data() + p * s.Q, s.Q, inv[c.layer], a, out[c.layer] + r * s.Q);
+      }
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@
 
 #include <cooperative_groups.h>
 
+#include <map>
 #include <mutex>
-#include <unordered_map>
+#include <utility>
 
 #include "../common/spectral_norm.h"
 #include "cuda_utils.cuh"
@@ -304,10 +305,13 @@ __global__ void __launch_bounds__(kThreads) sn_backward_kernel(const __grid_cons
 // Most blocks that can be co-resident (what a cooperative launch may use), queried once per device and kernel.
 template <typename Kernel>
 int64_t max_cooperative_blocks(Kernel kernel, int dev) {
+  // Keyed by the kernel too: the instantiations for each dtype share one function-pointer type but not
+  // their register use, hence not their occupancy.
   static std::mutex mu;
-  static std::unordered_map<int, int64_t> cache;
+  static std::map<std::pair<const void*, int>, int64_t> cache;
+  const std::pair<const void*, int> key{reinterpret_cast<const void*>(kernel), dev};
   std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(dev);
+  auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   int sms = 0, per_sm = 0, coop = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
@@ -315,7 +319,7 @@ int64_t max_cooperative_blocks(Kernel kernel, int dev) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   TORCH_CHECK(per_sm > 0, "spectral_norm: the kernel cannot be resident on this GPU");
-  return cache[dev] = static_cast<int64_t>(per_sm) * sms;
+  return cache[key] = static_cast<int64_t>(per_sm) * sms;
 }
 
 template <typename Kernel, typename Args>
