@@ -583,3 +583,31 @@ def test_cuda_gradcheck_and_many_layers():
     g2 = torch.autograd.grad(ref[0], ws, [torch.ones_like(x) for x in ws])
     for a, b in zip(g1, g2):
         assert _rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("shape,dim", [((8, 4, 3, 3), 0), ((4, 8, 4, 4), 1), ((5, 7), 0), ((1, 9), 0), ((9, 1), 0)])
+def test_aten_fallback_matches_cpu_kernels(shape, dim):
+    """The CUDA key runs the ATen fallback (the fused CUDA kernels are not built yet): it is device-generic,
+    so check it on CPU against the CPU kernels, forward and backward, single and multi-layer."""
+    from cbgan_ext.ops import spectral_norm as sn
+    w = torch.randn(shape, dtype=torch.float64)
+    n = shape[dim]
+    u = torch.nn.functional.normalize(torch.randn(n, dtype=torch.float64), dim=0)
+    v = torch.nn.functional.normalize(torch.randn(w.numel() // n, dtype=torch.float64), dim=0)
+    g = torch.randn(shape, dtype=torch.float64)
+
+    def same(xs, ys):
+        return all(x.shape == y.shape and x.dtype == y.dtype and torch.allclose(x, y) for x, y in zip(xs, ys))
+
+    a = torch.ops.cbgan_ext.spectral_norm_weight(w, u, v, dim, 2, 1e-12)
+    b = sn._weight_cuda(w, u, v, dim, 2, 1e-12)
+    assert same(a, b)
+    assert same([torch.ops.cbgan_ext._spectral_norm_weight_backward(g, w, a[1], a[2], a[3], dim)],
+                [sn._weight_backward_cuda(g, w, b[1], b[2], b[3], dim)])
+    m = sn._sn_mat(w, dim).contiguous()
+    assert same(torch.ops.cbgan_ext.spectral_norm_power_iteration(m, u, v, 1, 1e-12), sn._pi_cuda(m, u, v, 1, 1e-12))
+    ma = torch.ops.cbgan_ext.spectral_norm_weight_multi([w, 2 * w], [u, u], [v, v], [dim, dim], 1, 1e-12)
+    mb = sn._multi_cuda([w, 2 * w], [u, u], [v, v], [dim, dim], 1, 1e-12)
+    assert same(ma[0] + ma[1] + ma[2] + [ma[3]], mb[0] + mb[1] + mb[2] + [mb[3]])
+    assert same(torch.ops.cbgan_ext._spectral_norm_weight_multi_backward([g, None], [w, 2 * w], ma[1], ma[2], ma[3], [dim, dim]),
+                sn._multi_backward_cuda([g, None], [w, 2 * w], mb[1], mb[2], mb[3], [dim, dim]))

@@ -263,3 +263,74 @@ def _spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
         out = _MultiFn.apply(list(dims), n, eps, *weights, *us, *vs)
         return list(out[:L]), list(out[L:2 * L]), list(out[2 * L:3 * L]), out[3 * L]
     return torch.ops.cbgan_ext.spectral_norm_weight_multi(list(weights), list(us), list(vs), list(dims), n, eps)
+
+
+# ---- CUDA: ATen fallback ---------------------------------------------------------------------------------
+# The fused CUDA kernels (csrc/cuda/unverified/spectral_norm.cu) failed on an H100 and are not built. Until
+# they are fixed on a GPU, the CUDA key runs the same math with ATen ops: correct, device-generic, unfused.
+
+
+def _sn_mat(weight, dim):
+    if dim != 0:
+        weight = weight.permute(dim, *[d for d in range(weight.dim()) if d != dim])
+    return weight.reshape(weight.size(0), -1)
+
+
+def _sn_unmat(mat, like, dim):
+    if dim == 0:
+        return mat.reshape(like.shape)
+    perm = [dim] + [d for d in range(like.dim()) if d != dim]
+    shape = [like.shape[p] for p in perm]
+    inv = [perm.index(d) for d in range(like.dim())]
+    return mat.reshape(shape).permute(inv).contiguous()
+
+
+def _power_iteration_aten(w_mat, u, v, n, eps):
+    u, v = u.clone(), v.clone()
+    for _ in range(n):
+        v = torch.nn.functional.normalize(torch.mv(w_mat.t(), u), dim=0, eps=eps)
+        u = torch.nn.functional.normalize(torch.mv(w_mat, v), dim=0, eps=eps)
+    return u, v, torch.dot(u, torch.mv(w_mat, v))
+
+
+def _pi_cuda(weight_mat, u, v, n_power_iterations, eps):
+    with torch.no_grad():
+        return _power_iteration_aten(weight_mat, u, v, n_power_iterations, eps)
+
+
+def _weight_cuda(weight, u, v, dim, n_power_iterations, eps):
+    with torch.no_grad():
+        dim = dim % weight.dim()
+        u, v, sigma = _power_iteration_aten(_sn_mat(weight, dim), u, v, n_power_iterations, eps)
+        return (weight * (1.0 / sigma)).contiguous(), u, v, sigma
+
+
+def _weight_backward_aten(grad, weight, u, v, sigma, dim):
+    # grad_W = (G - <G, W_sn> u vᵀ) / sigma, in the [size(dim), -1] matrix view
+    dim = dim % weight.dim()
+    g = _sn_mat(grad, dim)
+    w_sn = _sn_mat(weight, dim) / sigma
+    return _sn_unmat((g - (g * w_sn).sum() * torch.outer(u, v)) / sigma, weight, dim)
+
+
+def _weight_backward_cuda(grad_weight_sn, weight, u, v, sigma, dim):
+    with torch.no_grad():
+        return _weight_backward_aten(grad_weight_sn, weight, u, v, sigma, dim)
+
+
+def _multi_cuda(weights, us, vs, dims, n_power_iterations, eps):
+    outs = [_weight_cuda(w, u, v, d, n_power_iterations, eps) for w, u, v, d in zip(weights, us, vs, dims)]
+    return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs], torch.stack([o[3] for o in outs])
+
+
+def _multi_backward_cuda(grad_weights_sn, weights, us, vs, sigmas, dims):
+    with torch.no_grad():
+        return [torch.zeros_like(w) if g is None else _weight_backward_aten(g, w, u, v, s, d)
+                for g, w, u, v, s, d in zip(grad_weights_sn, weights, us, vs, sigmas.unbind(0), dims)]
+
+
+torch.library.register_kernel("cbgan_ext::spectral_norm_power_iteration", "cuda", _pi_cuda)
+torch.library.register_kernel("cbgan_ext::spectral_norm_weight", "cuda", _weight_cuda)
+torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_backward", "cuda", _weight_backward_cuda)
+torch.library.register_kernel("cbgan_ext::spectral_norm_weight_multi", "cuda", _multi_cuda)
+torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_multi_backward", "cuda", _multi_backward_cuda)

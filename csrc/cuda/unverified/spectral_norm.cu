@@ -1,3 +1,6 @@
+// UNVERIFIED: not compiled. On an H100 (2026-11-23) this version returned outputs of the wrong dtype
+// and shape (sigma as a uint8 [4] tensor) in 146 CUDA tests; the CUDA key of the spectral-norm ops is
+// served by the ATen fallback in cbgan_ext/ops/spectral_norm.py until this is debugged on a GPU.
 // CUDA kernels of spectral normalization; formula and the [P, H, Q] view of the weight in
 // common/spectral_norm.h.
 //
