@@ -230,6 +230,8 @@ def _configure_demo(p):
     p.add_argument("--annotator-epochs", type=int, default=None)
     p.add_argument("--gan-width", type=float, default=None)
     p.add_argument("--final-samples", type=int, default=None)
+    p.add_argument("--weighting", default=None, choices=("paper", "official"), help="CB weighting (default official)")
+    p.add_argument("--lam", type=float, default=None, help="CB λ (default: the paper's for ρ=100, 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
 
@@ -239,7 +241,8 @@ def _configure_demo(p):
 def _run_demo(args):
     from .pipeline import run
     run(args.out, steps=args.steps, seed=args.seed, threads=args.threads, classifier_epochs=args.classifier_epochs,
-        annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples)
+        annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
+        weighting=args.weighting, lam=args.lam)
     return 0
 
 

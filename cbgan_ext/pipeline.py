@@ -28,8 +28,11 @@ DEFAULTS = dict(
     # in a few epochs; bf16 autocast cuts a CPU batch ~2.5x. ~86% / ~90% balanced test accuracy.
     classifier=dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="bf16"),
     annotator=dict(loss="ce", epochs=3, width=0.5, depth=32, lr_schedule="cosine", amp="bf16"),
+    # The released code's weighting (w = K·(1/N̂)/Σ 1/N̂, bounded by K): with the paper's w = 1/N_k a class
+    # the generator stops producing gets w ~ 1e4 within a few short cycles and the regularizer swamps the
+    # GAN loss (seen here: reg -224 at step 200, FD-annotator 40 vs 15).
     gan=dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=100, eval_every=500,
-             ema_start=1000, ema_decay=0.999, eval_samples=2000),
+             ema_start=1000, ema_decay=0.999, eval_samples=2000, weighting="official", lam=None),
     final_samples=10000,
 )
 
@@ -47,7 +50,7 @@ def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads
 
 
 def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=None, annotator_epochs=None,
-        gan_width=None, final_samples=None, methods=("gan", "cbgan")):
+        gan_width=None, final_samples=None, weighting=None, lam=None, methods=("gan", "cbgan")):
     cfg = json.loads(json.dumps(DEFAULTS))
     if steps:
         cfg["gan"]["steps"] = int(steps)
@@ -61,6 +64,10 @@ def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=
         cfg["gan"]["width"] = gan_width
     if final_samples:
         cfg["final_samples"] = int(final_samples)
+    if weighting:
+        cfg["gan"]["weighting"] = weighting
+    if lam is not None:
+        cfg["gan"]["lam"] = float(lam)
     if threads:
         torch.set_num_threads(int(threads))
     os.makedirs(out, exist_ok=True)
@@ -90,7 +97,7 @@ def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=
         g = cfg["gan"]
         trainer = GANTrainer(train, os.path.join(out, method), method=method, steps=g["steps"], arch=g["arch"],
                              width=g["width"], batch_size=g["batch_size"], classifier=clf if method == "cbgan" else None,
-                             annotator=ann, cycle=g["cycle"], ema_start=g["ema_start"], ema_decay=g["ema_decay"],
+                             annotator=ann, cycle=g["cycle"], weighting=g["weighting"], lam=g["lam"], ema_start=g["ema_start"], ema_decay=g["ema_decay"],
                              eval_samples=g["eval_samples"], eval_every=g["eval_every"], sample_every=g["eval_every"],
                              ckpt_every=max(1, g["eval_every"] // 2), seed=seed)
         trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
@@ -141,7 +148,7 @@ def write_report(out, cfg, train, results, accuracies, seconds):
     lines = [f"# cbgan_ext main job: CBGAN vs baseline on long-tailed {cfg['dataset']}", "",
              f"ρ = {cfg['imbalance']:g}, training counts {list(train.class_counts)}; "
              f"{cfg['gan']['arch']} width {cfg['gan']['width']}, {cfg['gan']['steps']} steps, batch "
-             f"{cfg['gan']['batch_size']}, CB cycle {cfg['gan']['cycle']} steps; {cfg['final_samples']} samples "
+             f"{cfg['gan']['batch_size']}, CB cycle {cfg['gan']['cycle']} steps, {cfg['gan']['weighting']} weighting; {cfg['final_samples']} samples "
              f"per method; {seconds / 60:.1f} min in all.", "",
              "| method | KL(hist ‖ uniform) ↓ | FD-annotator ↓ | best step |", "| --- | --- | --- | --- |"]
     for method, res in results.items():
