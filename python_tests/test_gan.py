@@ -149,3 +149,14 @@ def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path):
         ckpt.save_atomic({"a": Boom()}, str(path))
     assert torch.equal(ckpt.load(str(path))["a"], torch.arange(3))
     assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []
+
+
+def test_cli_sample_from_a_run(tmp_path):
+    from cbgan_ext.cli import main
+    _trainer(tmp_path, 3).run()
+    out = tmp_path / "s.pt"
+    assert main(["sample", "--run", str(tmp_path), "--n", "5", "--out", str(out)]) == 0
+    x = torch.load(out)
+    assert x.shape == (5, 1, 32, 32) and x.abs().max() <= 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        main(["sample", "--run", str(tmp_path / "missing")])
