@@ -140,6 +140,7 @@ def _configure_train(p):
     p.add_argument("--eval-samples", type=int, default=10000)
     p.add_argument("--sample-every", type=int, default=2000)
     p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -163,7 +164,8 @@ def _run_train(args):
                          cycle=args.cycle, weighting=args.weighting, ema_decay=args.ema_decay,
                          ema_start=args.ema_start, eval_samples=args.eval_samples, device=args.device,
                          seed=args.seed, eval_every=args.eval_every if ann else 0, sample_every=args.sample_every,
-                         ckpt_every=args.ckpt_every, progress=not args.no_progress)
+                         ckpt_every=args.ckpt_every, progress=not args.no_progress,
+                         deterministic=args.deterministic)
     trainer.config.update(classifier=args.classifier, annotator=args.annotator)
     best = trainer.run()
     if best:

@@ -19,3 +19,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def at_one_and_many_threads(run):
+    """(run() with 1 thread, run() with ≥ 2 threads): the fused kernels must not depend on the thread count."""
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = run()
+        torch.set_num_threads(max(2, n))
+        b = run()
+    finally:
+        torch.set_num_threads(n)
+    return a, b

@@ -3,7 +3,7 @@ import torch
 
 import cbgan_ext
 from cbgan_ext import ops, reference
-from conftest import DEVICES
+from conftest import DEVICES, at_one_and_many_threads
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
@@ -167,12 +167,5 @@ def test_cpu_cuda_parity(dtype):
 def test_deterministic_across_thread_counts():
     x = torch.randn(1000, 50)
     w = torch.rand(50)
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = ops.class_balancing_loss(x, w)
-        torch.set_num_threads(max(2, n))
-        b = ops.class_balancing_loss(x, w)
-    finally:
-        torch.set_num_threads(n)
+    a, b = at_one_and_many_threads(lambda: ops.class_balancing_loss(x, w))
     assert torch.equal(a, b)

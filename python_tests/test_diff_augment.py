@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import cbgan_ext
 from cbgan_ext import ops, reference
 from cbgan_ext.ops.diff_augment import _CODE, DiffAugmentParams
-from conftest import DEVICES
+from conftest import DEVICES, at_one_and_many_threads
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -409,20 +409,13 @@ def test_deterministic_across_thread_counts():
     policy = "translation,color,cutout"
     p = ops.sample_diff_augment_params(x, policy)
     g = torch.randn_like(x)
-    n = torch.get_num_threads()
 
     def run():
         xg = x.clone().requires_grad_()
         y = ops.diff_augment(xg, policy, params=p)
         return y, torch.autograd.grad(y, xg, g)[0]
 
-    try:
-        torch.set_num_threads(1)
-        a = run()
-        torch.set_num_threads(max(2, n))
-        b = run()
-    finally:
-        torch.set_num_threads(n)
+    a, b = at_one_and_many_threads(run)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 

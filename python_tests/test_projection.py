@@ -4,7 +4,7 @@ import torch
 import cbgan_ext
 from cbgan_ext import ops, reference
 from cbgan_ext.nn import ProjectionHead
-from conftest import DEVICES
+from conftest import DEVICES, at_one_and_many_threads
 
 # Relative to Σ_l Σ_k |y_bk| |E_kl| |h_bl| (the scale of the sum), so a tolerance holds at every L.
 TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -349,7 +349,6 @@ def test_deterministic_across_thread_counts():
     h, E = torch.randn(300, 200), torch.randn(12, 200)
     y = torch.softmax(torch.randn(300, 12), 1)
     lab = torch.randint(0, 12, (300,))
-    n = torch.get_num_threads()
 
     def run():
         hh, EE, yy = h.clone().requires_grad_(), E.clone().requires_grad_(), y.clone().requires_grad_()
@@ -359,13 +358,7 @@ def test_deterministic_across_thread_counts():
             res += [out] + list(torch.autograd.grad(out.sum(), (hh, EE)))
         return res
 
-    try:
-        torch.set_num_threads(1)
-        a = run()
-        torch.set_num_threads(max(2, n))
-        b = run()
-    finally:
-        torch.set_num_threads(n)
+    a, b = at_one_and_many_threads(run)
     assert all(torch.equal(x, z) for x, z in zip(a, b))
 
 

@@ -10,7 +10,7 @@ import cbgan_ext
 from cbgan_ext import ops, reference
 from cbgan_ext.nn import (SNConv2d, SNConvTranspose2d, SNEmbedding, SNLinear, convert_spectral_norm,
                           spectral_norm_update_)
-from conftest import DEVICES
+from conftest import DEVICES, at_one_and_many_threads
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
@@ -181,14 +181,8 @@ def test_eps_handling_on_tiny_weights(device):
 def test_deterministic_across_thread_counts():
     ws = [torch.randn(s) for s in [(256, 128, 3, 3), (128, 64, 4, 4), (512, 300)]]
     uvs = [_uv(w, 0) for w in ws]
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        a = ops.spectral_norm_weight_multi(ws, [x[0] for x in uvs], [x[1] for x in uvs], [0, 0, 0], 2)
-        torch.set_num_threads(max(2, n))
-        b = ops.spectral_norm_weight_multi(ws, [x[0] for x in uvs], [x[1] for x in uvs], [0, 0, 0], 2)
-    finally:
-        torch.set_num_threads(n)
+    a, b = at_one_and_many_threads(
+        lambda: ops.spectral_norm_weight_multi(ws, [x[0] for x in uvs], [x[1] for x in uvs], [0, 0, 0], 2))
     for x, y in zip(a[0] + a[1] + a[2] + [a[3]], b[0] + b[1] + b[2] + [b[3]]):
         assert torch.equal(x, y)
 

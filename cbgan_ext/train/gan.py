@@ -8,6 +8,7 @@ Defaults are the paper's (supplementary Table 6, §1.4.1): Adam lr 2e-4, betas (
 per G step, λ by imbalance ratio (10 / 7.5 / 5 for ρ = 100 / 10 / 1), α = 0.5, β = 1, a cycle of 2000
 steps, EMA of G with decay 0.9999 from step 20k. Short CPU runs need a shorter cycle (``cycle``).
 """
+import math
 import os
 
 import torch
@@ -17,6 +18,7 @@ import torchvision
 from ..metrics import ClassifierFeatures, FeatureStats, class_histogram, frechet_distance, kl_to_uniform
 from ..models import build_gan
 from ..nn import CBRegularizer
+from . import checkpoint as ckpt
 from .loop import EMA, TrainLoop
 
 METHODS = ("gan", "cbgan")
@@ -25,7 +27,6 @@ PAPER_LAMBDA = {100.0: 10.0, 10.0: 7.5, 1.0: 5.0}  # supplementary Table 1 (CIFA
 
 def paper_lambda(imbalance_ratio):
     """The supplementary's λ for the nearest listed imbalance ratio (log scale)."""
-    import math
     r = max(float(imbalance_ratio), 1.0)
     return PAPER_LAMBDA[min(PAPER_LAMBDA, key=lambda k: abs(math.log(k) - math.log(r)))]
 
@@ -58,14 +59,14 @@ class GANTrainer(TrainLoop):
     def __init__(self, dataset, out, *, method="cbgan", steps=10000, arch="sndcgan", width=1.0, z_dim=128,
                  batch_size=64, lr=2e-4, betas=(0.5, 0.999), classifier=None, annotator=None, lam=None,
                  alpha=0.5, beta=None, cycle=2000, weighting="paper", ema_decay=0.9999, ema_start=20000,
-                 eval_samples=2000, device="cpu", seed=0, **loop_kw):
+                 eval_samples=2000, device="cpu", seed=0, deterministic=False, **loop_kw):
         if method not in METHODS:
             raise ValueError(f"GANTrainer: method must be one of {METHODS}, got {method!r}")
         if method == "cbgan" and classifier is None:
             raise ValueError("GANTrainer: method 'cbgan' needs the pretrained classifier (classifier=...)")
         loop_kw.setdefault("select_key", "fd" if annotator is not None else None)
         super().__init__(out, steps, seed=seed, device=device, **loop_kw)
-        torch.manual_seed(seed)
+        ckpt.seed_everything(seed, deterministic)
         self.dataset, self.method = dataset, method
         self.num_classes = len(dataset.class_counts)
         x0, _ = dataset[0]
@@ -199,7 +200,6 @@ def evaluate_samples(fakes, annotator, num_classes, real_stats):
 
 
 def _run_checkpoint(run_dir, checkpoint):
-    from . import checkpoint as ckpt
     path = os.path.join(run_dir, "best.pt" if checkpoint == "best" else "checkpoint.pt")
     if checkpoint == "best" and not os.path.exists(path):
         path = os.path.join(run_dir, "checkpoint.pt")
