@@ -175,8 +175,9 @@ void fill_run(scalar_t* __restrict__ o, int64_t n, scalar_t z) {
   for (int64_t j = 0; j < n; ++j) o[j] = z;
 }
 
-// Elements per parallel chunk (about a millisecond of work; see Runner::run).
-constexpr int64_t kDAGrain = int64_t(1) << 20;
+// Elements per parallel chunk (~50 µs of work). Under heavy load a parallel region can cost a scheduler
+// quantum (seen: 12 ms at load 5-8 on 2 cores); on a quiet machine 1 << 20 left B=256 3x32x32 on one thread.
+constexpr int64_t kDAGrain = int64_t(1) << 16;
 
 template <typename scalar_t, typename acc_t>
 struct Runner {
