@@ -31,7 +31,7 @@ DEFAULTS = dict(
     # The released code's weighting (w = K·(1/N̂)/Σ 1/N̂, bounded by K): with the paper's w = 1/N_k a class
     # the generator stops producing gets w ~ 1e4 within a few short cycles and the regularizer swamps the
     # GAN loss (seen here: reg -224 at step 200, FD-annotator 40 vs 15).
-    # The settings of the run recorded in docs/demo-run/ (KL 0.96 → 0.32, 3.0×, on this 2-core CPU).
+    # The settings of the run recorded in docs/demo-run/ (KL 0.955 → 0.321, 2.97×, on this 2-core CPU).
     gan=dict(arch="sndcgan", width=0.25, steps=1000, batch_size=64, cycle=100, eval_every=250,
              ema_start=500, ema_decay=0.999, eval_samples=2000, weighting="official", lam=None),
     final_samples=5000,
@@ -155,7 +155,7 @@ def write_report(out, cfg, train, results, accuracies, seconds):
     for method, res in results.items():
         lines.append(f"| {method} | {res['kl']:.4f} | {res['fd']:.2f} | {res['best_step']} |")
     if "gan" in results and "cbgan" in results:
-        lines += ["", f"KL ratio baseline / CBGAN: **{results['gan']['kl'] / max(results['cbgan']['kl'], 1e-12):.1f}×**"]
+        lines += ["", f"KL ratio baseline / CBGAN: **{results['gan']['kl'] / max(results['cbgan']['kl'], 1e-12):.2f}×**"]
     lines += ["", fid_note, "", "## Classifiers", "",
               "| network | data | accuracy | balanced accuracy |", "| --- | --- | --- | --- |"]
     for name, data in (("classifier", f"long-tailed ρ={cfg['imbalance']:g}"), ("annotator", "balanced")):
