@@ -160,3 +160,12 @@ def test_cli_sample_from_a_run(tmp_path):
     assert x.shape == (5, 1, 32, 32) and x.abs().max() <= 1
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         main(["sample", "--run", str(tmp_path / "missing")])
+
+
+def test_default_lambda_follows_the_dataset_imbalance(tmp_path):
+    data = TinyData()
+    del data.imbalance_ratio
+    data.config = {"imbalance_ratio": 100.0}  # as cbgan_ext.data's datasets record it
+    t = GANTrainer(data, str(tmp_path), method="cbgan", steps=1, width=0.125, z_dim=16, classifier=TinyClassifier(),
+                   progress=False)
+    assert t.reg.lam == 10.0

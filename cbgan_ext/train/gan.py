@@ -85,7 +85,9 @@ class GANTrainer(TrainLoop):
         self.classifier = None if classifier is None else classifier.to(self.device).eval().requires_grad_(False)
         self.reg = None
         if method == "cbgan":
-            lam = paper_lambda(getattr(dataset, "imbalance_ratio", 1.0)) if lam is None else lam
+            if lam is None:
+                rho = getattr(dataset, "imbalance_ratio", None) or getattr(dataset, "config", {}).get("imbalance_ratio")
+                lam = paper_lambda(rho or 1.0)
             self.reg = CBRegularizer(self.num_classes, lam, alpha=alpha, beta=beta, update_every=cycle,
                                      weighting=weighting).to(self.device)
             self.extra_state["reg"] = self.reg
