@@ -5,19 +5,11 @@ Group = one shape; the summary script divides each reference time by the fused t
 import pytest
 import torch
 
-from cbgan_ext import ops, reference
-from conftest import DEVICES, timed
+from conftest import DEVICES, IMPLS, implementation, timed
 
 SHAPES = [(256, 10), (256, 100), (256, 1010)]
-IMPLS = ["fused", "eager", "compiled"]
 
 
-def _make(impl):
-    if impl == "fused":
-        return ops.class_balancing_loss
-    if impl == "eager":
-        return reference.class_balancing_loss
-    return torch.compile(reference.class_balancing_loss, dynamic=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -28,7 +20,7 @@ def test_class_balancing_fwd_bwd(benchmark, device, impl, B, K):
     benchmark.extra_info.update(op="class_balancing_loss", impl=impl, device=device, shape=f"B={B},K={K}")
     logits = torch.randn(B, K, device=device, requires_grad=True)
     w = torch.rand(K, device=device) + 0.1
-    f = _make(impl)
+    f = implementation("class_balancing_loss", impl)
 
     def step():
         loss = f(logits, w)

@@ -6,20 +6,12 @@ Group = one shape; the summary script divides each reference time by the fused t
 import pytest
 import torch
 
-from cbgan_ext import ops, reference
-from conftest import DEVICES, timed
+from conftest import DEVICES, IMPLS, implementation, timed
 
 SHAPES = [(256, 3, 32, 32), (64, 3, 128, 128)]
-IMPLS = ["fused", "eager", "compiled"]
 POLICY = "color,translation,cutout"
 
 
-def _make(impl):
-    if impl == "fused":
-        return ops.diff_augment
-    if impl == "eager":
-        return reference.diff_augment
-    return torch.compile(reference.diff_augment, dynamic=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -31,7 +23,7 @@ def test_diff_augment_fwd_bwd(benchmark, device, impl, shape):
     benchmark.extra_info.update(op="diff_augment", impl=impl, device=device, shape=f"B={B},{C}x{H}x{W}")
     x = torch.randn(shape, device=device, requires_grad=True)
     g = torch.randn(shape, device=device)
-    f = _make(impl)
+    f = implementation("diff_augment", impl)
 
     def step():
         y = f(x, POLICY)

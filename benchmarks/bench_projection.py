@@ -7,20 +7,12 @@ shape and label kind; the summary script divides each reference time by the fuse
 import pytest
 import torch
 
-from cbgan_ext import ops, reference
-from conftest import DEVICES, timed
+from conftest import DEVICES, IMPLS, implementation, timed
 
 B = 256
 SHAPES = [(512, 10), (1024, 100), (1024, 1010)]
-IMPLS = ["fused", "eager", "compiled"]
 
 
-def _make(impl):
-    if impl == "fused":
-        return ops.soft_label_projection
-    if impl == "eager":
-        return reference.soft_label_projection
-    return torch.compile(reference.soft_label_projection, dynamic=False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -37,7 +29,7 @@ def test_soft_label_projection_fwd_bwd(benchmark, device, impl, labels, L, K):
         y = torch.softmax(torch.randn(B, K, device=device), 1).requires_grad_()
     else:
         y = torch.randint(0, K, (B,), device=device)
-    f = _make(impl)
+    f = implementation("soft_label_projection", impl)
 
     def step():
         out = f(h, E, y)

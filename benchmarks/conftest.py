@@ -39,9 +39,15 @@ def timed(fn, device):
     return fn
 
 
-def compiled(fn):
-    """torch.compile of a reference, or None where this machine cannot compile (no C++ toolchain...)."""
-    try:
-        return torch.compile(fn, dynamic=False)
-    except Exception:  # pragma: no cover
-        return None
+IMPLS = ["fused", "eager", "compiled"]
+
+
+def implementation(op_name, impl):
+    """The fused op ``cbgan_ext.ops.<op_name>``, its eager twin in ``cbgan_ext.reference``, or
+    torch.compile of that twin: the three rows every suite times."""
+    from cbgan_ext import ops, reference
+    if impl == "fused":
+        return getattr(ops, op_name)
+    if impl == "eager":
+        return getattr(reference, op_name)
+    return torch.compile(getattr(reference, op_name), dynamic=False)
