@@ -581,7 +581,7 @@ def test_cuda_gradcheck_and_many_layers():
 
 @pytest.mark.parametrize("shape,dim", [((8, 4, 3, 3), 0), ((4, 8, 4, 4), 1), ((5, 7), 0), ((1, 9), 0), ((9, 1), 0)])
 def test_aten_fallback_matches_cpu_kernels(shape, dim):
-    """The CUDA key runs the ATen fallback (the fused CUDA kernels are not built yet): it is device-generic,
+    """The ATen implementation (the CUDA key without CUDA kernels, or with CBGAN_EXT_SN_CUDA=aten) is device-generic,
     so check it on CPU against the CPU kernels, forward and backward, single and multi-layer."""
     from cbgan_ext.ops import spectral_norm as sn
     w = torch.randn(shape, dtype=torch.float64)
@@ -605,3 +605,22 @@ def test_aten_fallback_matches_cpu_kernels(shape, dim):
     assert same(ma[0] + ma[1] + ma[2] + [ma[3]], mb[0] + mb[1] + mb[2] + [mb[3]])
     assert same(torch.ops.cbgan_ext._spectral_norm_weight_multi_backward([g, None], [w, 2 * w], ma[1], ma[2], ma[3], [dim, dim]),
                 sn._multi_backward_cuda([g, None], [w, 2 * w], mb[1], mb[2], mb[3], [dim, dim]))
+
+
+@pytest.mark.parametrize("choice", ["fused", "aten"])
+def test_sn_cuda_backend_choice(choice):
+    """CBGAN_EXT_SN_CUDA picks who serves the CUDA key: the fused kernels (default, when built) or the ATen
+    implementation; a bad value is refused at import."""
+    import os
+    import subprocess
+    import sys
+    code = ("import torch, cbgan_ext\n"
+            "d = torch._C._dispatch_dump('cbgan_ext::spectral_norm_weight').splitlines()\n"
+            "print([l.split(':')[1].strip().split()[-1] for l in d if l.startswith('CUDA:')][0])\n")
+    env = dict(os.environ, CBGAN_EXT_SN_CUDA=choice)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    fused = cbgan_ext.build_info()["cuda"] and choice == "fused"
+    assert ("spectral_norm.cu" in out) == fused and ("library.py" in out) == (not fused), out
+    env["CBGAN_EXT_SN_CUDA"] = "fast"
+    r = subprocess.run([sys.executable, "-c", "import cbgan_ext"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "CBGAN_EXT_SN_CUDA must be 'fused' or 'aten'" in r.stderr

@@ -265,9 +265,10 @@ def _spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
     return torch.ops.cbgan_ext.spectral_norm_weight_multi(list(weights), list(us), list(vs), list(dims), n, eps)
 
 
-# ---- CUDA: ATen fallback ---------------------------------------------------------------------------------
-# The fused CUDA kernels (csrc/cuda/unverified/spectral_norm.cu) failed on an H100 and are not built. Until
-# they are fixed on a GPU, the CUDA key runs the same math with ATen ops: correct, device-generic, unfused.
+# ---- ATen implementation on CUDA --------------------------------------------------------------------------
+# The same math with ATen ops: correct, device-generic, unfused. It serves the CUDA key when the build has no
+# CUDA kernels, or when CBGAN_EXT_SN_CUDA=aten asks for it (an escape hatch: the fused CUDA kernels of
+# csrc/cuda/spectral_norm.cu had one bug fixed without a GPU to rerun them on, see README).
 
 
 def _sn_mat(weight, dim):
@@ -329,8 +330,18 @@ def _multi_backward_cuda(grad_weights_sn, weights, us, vs, sigmas, dims):
                 for g, w, u, v, s, d in zip(grad_weights_sn, weights, us, vs, sigmas.unbind(0), dims)]
 
 
-torch.library.register_kernel("cbgan_ext::spectral_norm_power_iteration", "cuda", _pi_cuda)
-torch.library.register_kernel("cbgan_ext::spectral_norm_weight", "cuda", _weight_cuda)
-torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_backward", "cuda", _weight_backward_cuda)
-torch.library.register_kernel("cbgan_ext::spectral_norm_weight_multi", "cuda", _multi_cuda)
-torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_multi_backward", "cuda", _multi_backward_cuda)
+def _use_aten_on_cuda():
+    import os
+    from .. import _C
+    choice = os.environ.get("CBGAN_EXT_SN_CUDA", "fused")
+    if choice not in ("fused", "aten"):
+        raise ValueError(f"cbgan_ext: CBGAN_EXT_SN_CUDA must be 'fused' or 'aten', got {choice!r}")
+    return choice == "aten" or not _C.build_info()["cuda"]
+
+
+if _use_aten_on_cuda():
+    torch.library.register_kernel("cbgan_ext::spectral_norm_power_iteration", "cuda", _pi_cuda)
+    torch.library.register_kernel("cbgan_ext::spectral_norm_weight", "cuda", _weight_cuda)
+    torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_backward", "cuda", _weight_backward_cuda)
+    torch.library.register_kernel("cbgan_ext::spectral_norm_weight_multi", "cuda", _multi_cuda)
+    torch.library.register_kernel("cbgan_ext::_spectral_norm_weight_multi_backward", "cuda", _multi_backward_cuda)

@@ -1,6 +1,3 @@
-// UNVERIFIED: not compiled. On an H100 (2026-11-23) this version returned outputs of the wrong dtype
-// and shape (sigma as a uint8 [4] tensor) in 146 CUDA tests; the CUDA key of the spectral-norm ops is
-// served by the ATen fallback in cbgan_ext/ops/spectral_norm.py until this is debugged on a GPU.
 // CUDA kernels of spectral normalization; formula and the [P, H, Q] view of the weight in
 // common/spectral_norm.h.
 //
@@ -411,7 +408,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sn_run_cuda(const cha
   if (write_wsn) fl.w_sn = at::empty(fl.w.sizes(), fl.w.options());
   at::Tensor sigmas = at::empty({1}, fl.w.options());
   sn_forward_cuda_layers(layers, n_iter, eps, sigmas);
-  return {fl.w_sn, fl.u_out, fl.v_out, sigmas.view({})};
+  // squeeze, not view({}): `{}` binds to view(ScalarType) and reinterprets σ as 4 uint8 (the H100 failure)
+  return {fl.w_sn, fl.u_out, fl.v_out, sigmas.squeeze(0)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sn_power_iteration_cuda(const at::Tensor& weight_mat,
