@@ -2,7 +2,14 @@
 
 Thread count: CBGAN_BENCH_THREADS (default: all cores), set before any timing so that the fused op and
 its reference run under the same setting. CUDA timings synchronise inside the timed callable.
+
+Allocator: glibc hands a freed heap top back to the OS once it exceeds a threshold that it also moves as
+it goes, and the next allocation then faults every page in again. Whether a process falls into that cycle
+depends on its allocation history: here it swung one process's fused DiffAugment step (B=256 3x32x32) from
+1.0 to 3.0 ms (~180 vs ~1000 page faults per step). CBGAN_BENCH_MALLOC=steady (default) pins glibc's
+thresholds for every row alike; =default leaves the allocator alone.
 """
+import ctypes
 import os
 
 import pytest
@@ -11,6 +18,21 @@ import torch
 import cbgan_ext
 
 torch.set_num_threads(int(os.environ.get("CBGAN_BENCH_THREADS", os.cpu_count() or 1)))
+
+
+def _steady_malloc():
+    if os.environ.get("CBGAN_BENCH_MALLOC", "steady") != "steady":
+        return "default"
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "default (no glibc)"
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    ok = libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # 32 MiB: glibc's max
+    return "steady" if ok else "default (mallopt refused)"
+
+
+MALLOC = _steady_malloc()
 
 DEVICES = ("cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda))
 

@@ -61,6 +61,7 @@ def main():
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc": os.environ.get("CBGAN_BENCH_MALLOC", "steady"),  # see conftest.py
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "build": cbgan_ext.build_info(),
         "rows": rows,
