@@ -406,10 +406,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sn_run_cuda(const cha
   fl.u_out = at::empty_like(fl.u);
   fl.v_out = at::empty_like(fl.v);
   if (write_wsn) fl.w_sn = at::empty(fl.w.sizes(), fl.w.options());
-  at::Tensor sigmas = at::empty({1}, fl.w.options());
-  sn_forward_cuda_layers(layers, n_iter, eps, sigmas);
-  // squeeze, not view({}): `{}` binds to view(ScalarType) and reinterprets σ as 4 uint8 (the H100 failure)
-  return {fl.w_sn, fl.u_out, fl.v_out, sigmas.squeeze(0)};
+  // 0-dim from the start, as the CPU kernel. (The H100 failure: `sigmas.view({})` binds `{}` to
+  // view(ScalarType) and reinterpreted σ as 4 uint8.)
+  at::Tensor sigma = at::empty({}, fl.w.options());
+  sn_forward_cuda_layers(layers, n_iter, eps, sigma);
+  return {fl.w_sn, fl.u_out, fl.v_out, sigma};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sn_power_iteration_cuda(const at::Tensor& weight_mat,
