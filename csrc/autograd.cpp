@@ -83,9 +83,50 @@ std::tuple<at::Tensor, at::Tensor> soft_label_projection_autograd(const at::Tens
   return {out[0], out[1]};
 }
 
+// ---- DiffAugment ---------------------------------------------------------------------------------------
+// The backward op's own autograd (for double backward) stays in Python: only higher-order uses reach it.
+class DiffAugmentFunction : public torch::autograd::Function<DiffAugmentFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, c10::IntArrayRef program,
+                            const at::Tensor& color, const at::Tensor& translation, const at::Tensor& cutout,
+                            c10::IntArrayRef cutout_size) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::diff_augment", "")
+                         .typed<at::Tensor(const at::Tensor&, c10::IntArrayRef, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, c10::IntArrayRef)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    at::Tensor y = op.call(x, program, color, translation, cutout, cutout_size);
+    ctx->save_for_backward({color, translation, cutout});
+    ctx->saved_data["program"] = program.vec();
+    ctx->saved_data["cutout_size"] = cutout_size.vec();
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_diff_augment_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, c10::IntArrayRef, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, c10::IntArrayRef)>();
+    variable_list out(6);  // one per forward argument; only x is differentiable
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> program = ctx->saved_data["program"].toIntVector();
+    const std::vector<int64_t> size = ctx->saved_data["cutout_size"].toIntVector();
+    out[0] = op.call(grads[0], program, saved[0], saved[1], saved[2], size);
+    return out;
+  }
+};
+
+at::Tensor diff_augment_autograd(const at::Tensor& x, c10::IntArrayRef program, const at::Tensor& color,
+                                 const at::Tensor& translation, const at::Tensor& cutout,
+                                 c10::IntArrayRef cutout_size) {
+  return DiffAugmentFunction::apply(x, program, color, translation, cutout, cutout_size);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {
+  m.impl("diff_augment", &diff_augment_autograd);
   m.impl("class_balancing_loss_forward", &class_balancing_loss_autograd);
   m.impl("soft_label_projection_forward", &soft_label_projection_autograd);
 }

@@ -69,6 +69,17 @@ def cutout_size(H, W, cutout_ratio=0.5):
     return int(H * cutout_ratio + 0.5), int(W * cutout_ratio + 0.5)
 
 
+_AFFINE = {}
+
+
+def _color_affine(dtype, device):
+    key = (dtype, device)
+    if key not in _AFFINE:  # small per-(dtype, device) constants: one op per colour group instead of four
+        _AFFINE[key] = (torch.tensor([1.0, 2.0, 1.0], dtype=dtype, device=device),
+                        torch.tensor([-0.5, 0.0, 0.5], dtype=dtype, device=device))
+    return _AFFINE[key]
+
+
 def sample_diff_augment_params(x, policy="color,translation,cutout", generator=None, translation_ratio=0.125,
                                cutout_ratio=0.5) -> DiffAugmentParams:
     """Draw the parameters of one DiffAugment of x, consuming the generator as the reference does.
@@ -87,10 +98,11 @@ def sample_diff_augment_params(x, policy="color,translation,cutout", generator=N
     color, trans, cut = [], [], []
     for g in groups:
         if g == "color":
-            r_b = torch.rand(B, 1, 1, 1, dtype=x.dtype, device=dev, generator=generator)
-            r_s = torch.rand(B, 1, 1, 1, dtype=x.dtype, device=dev, generator=generator)
-            r_c = torch.rand(B, 1, 1, 1, dtype=x.dtype, device=dev, generator=generator)
-            color.append(torch.cat([r_b - 0.5, r_s * 2, r_c + 0.5], dim=1).view(B, 3).to(acc))
+            r = torch.cat([torch.rand(B, 1, 1, 1, dtype=x.dtype, device=dev, generator=generator) for _ in range(3)],
+                          dim=1).view(B, 3)
+            # one rounding in x's dtype, as the reference's r_b − 0.5, r_s·2, r_c + 0.5
+            scale, shift = _color_affine(x.dtype, dev)
+            color.append(torch.addcmul(shift, r, scale).to(acc))
         elif g == "translation":
             s_h, s_w = int(H * translation_ratio + 0.5), int(W * translation_ratio + 0.5)
             t_h = torch.randint(-s_h, s_h + 1, size=[B, 1, 1], device=dev, generator=generator)
@@ -102,6 +114,8 @@ def sample_diff_augment_params(x, policy="color,translation,cutout", generator=N
             cut.append(torch.cat([o_h, o_w], dim=1).view(B, 2))
 
     def stack(rows, width, dtype):
+        if len(rows) == 1:
+            return rows[0].unsqueeze(0)
         return torch.stack(rows) if rows else torch.empty(0, B, width, dtype=dtype, device=dev)
 
     return DiffAugmentParams(groups, stack(color, 3, acc), stack(trans, 2, torch.int64), stack(cut, 2, torch.int64),
@@ -135,15 +149,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(color, translation, cutout)
 
 
-def _backward(ctx, grad):
-    color, translation, cutout = ctx.saved_tensors
-    gx = None
-    if ctx.needs_input_grad[0]:
-        gx = torch.ops.cbgan_ext._diff_augment_backward(grad, ctx.program, color, translation, cutout, ctx.cutout_size)
-    return gx, None, None, None, None, None
-
-
-torch.library.register_autograd("cbgan_ext::diff_augment", _backward, setup_context=_setup_context)
+# The autograd of diff_augment itself is C++ (csrc/autograd.cpp): it runs every training step.
 
 
 def _backward_backward(ctx, gg):
