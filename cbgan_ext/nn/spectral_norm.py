@@ -30,6 +30,10 @@ class _SpectralNormMixin:
 
     _sn_default_dim = 0
 
+    def __init__(self, *args, n_power_iterations=1, eps=1e-12, dim=None, **kwargs):
+        super().__init__(*args, **kwargs)  # the wrapped torch layer, next in the MRO
+        self._init_spectral_norm(n_power_iterations, eps, dim)
+
     def _init_spectral_norm(self, n_power_iterations, eps, dim):
         if dim is None:
             dim = self._sn_default_dim
@@ -105,10 +109,6 @@ class SNConv2d(_SpectralNormMixin, nn.Conv2d):
     """nn.Conv2d with spectral normalization: ``spectral_norm(nn.Conv2d(...))`` with the same arguments,
     plus keyword-only ``n_power_iterations`` (1), ``eps`` (1e-12; StudioGAN uses 1e-6) and ``dim`` (0)."""
 
-    def __init__(self, *args, n_power_iterations=1, eps=1e-12, dim=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps, dim)
-
     def forward(self, input):
         return self._conv_forward(input, self._spectral_norm_forward_weight(), self.bias)
 
@@ -117,10 +117,6 @@ class SNConvTranspose2d(_SpectralNormMixin, nn.ConvTranspose2d):
     """nn.ConvTranspose2d with spectral normalization over dim 1 (the output channels), as torch does."""
 
     _sn_default_dim = 1
-
-    def __init__(self, *args, n_power_iterations=1, eps=1e-12, dim=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps, dim)
 
     def forward(self, input, output_size=None):
         if self.padding_mode != "zeros":
@@ -135,10 +131,6 @@ class SNConvTranspose2d(_SpectralNormMixin, nn.ConvTranspose2d):
 class SNLinear(_SpectralNormMixin, nn.Linear):
     """nn.Linear with spectral normalization (W [out, in])."""
 
-    def __init__(self, *args, n_power_iterations=1, eps=1e-12, dim=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps, dim)
-
     def forward(self, input):
         return F.linear(input, self._spectral_norm_forward_weight(), self.bias)
 
@@ -147,10 +139,6 @@ class SNEmbedding(_SpectralNormMixin, nn.Embedding):
     """nn.Embedding with spectral normalization of the table [num_embeddings, embedding_dim] over dim 0,
     as ``spectral_norm(nn.Embedding(...))`` (StudioGAN's snembed). A sparse=True table gets dense gradients,
     as with torch's spectral norm (the σ term touches every row)."""
-
-    def __init__(self, *args, n_power_iterations=1, eps=1e-12, dim=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_spectral_norm(n_power_iterations, eps, dim)
 
     def forward(self, input):
         return F.embedding(input, self._spectral_norm_forward_weight(), self.padding_idx, self.max_norm,

@@ -4,6 +4,8 @@ One power iteration: v = normalize(Wᵀu, eps), u = normalize(W v, eps), σ = u�
 reach W through σ with u and v held constant, exactly as in torch. The weight is viewed as the matrix
 torch builds (``dim`` permuted to the front, the rest flattened) without copying it.
 """
+import os
+
 import torch
 
 _PI = "spectral_norm_power_iteration"
@@ -331,7 +333,6 @@ def _multi_backward_cuda(grad_weights_sn, weights, us, vs, sigmas, dims):
 
 
 def _use_aten_on_cuda():
-    import os
     from .. import _C
     choice = os.environ.get("CBGAN_EXT_SN_CUDA", "fused")
     if choice not in ("fused", "aten"):
