@@ -101,5 +101,9 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["cbgan-ext=cbgan_ext.cli:main"]},
     python_requires=">=3.10",
+    # torch is deliberately not pinned or listed: pip would otherwise replace the user's (CUDA) build.
+    install_requires=["numpy", "tqdm", "clean-fid", "scipy", "matplotlib", "pillow"],
+    extras_require={"digits": ["scikit-learn"], "test": ["pytest", "pytest-benchmark", "expecttest",
+                                                         "scikit-learn"]},
     zip_safe=False,
 )

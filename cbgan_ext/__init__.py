@@ -34,3 +34,18 @@ def cuda_kernels_available():
 
 __all__ = ["ops", "nn", "reference", "CBRegularizer", "build_info", "cuda_kernels_available"]
 __all__ += ["DiffAugment", "ProjectionHead"]
+
+# Heavier subpackages load on first use, so `cbgan_ext.data.get_dataset(...)` works after `import cbgan_ext`
+# without making every import pay for numpy/tqdm/clean-fid.
+_LAZY = ("data", "models", "train", "metrics", "pipeline", "cli")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'cbgan_ext' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,9 +2,15 @@
 
 Subcommands live in one table: to add one, write ``configure(parser)`` and ``run(args) -> int`` and decorate
 run with ``@subcommand("name", help="...", configure=configure)``; ``main`` builds the parser from the table.
+
+User errors (a bad argument, a missing or corrupt file, a run of other settings) are printed as one line
+and exit non-zero (2 for arguments checked before any work); ``--debug`` or CBGAN_EXT_DEBUG=1 shows the
+traceback instead.
 """
 import argparse
 import json
+import math
+import os
 import sys
 
 _SUBCOMMANDS = {}  # name -> (help, configure, run), in registration order
@@ -19,10 +25,26 @@ def subcommand(name, help, configure):
     return register
 
 
+class UsageError(ValueError):
+    """A command-line value that fails its check: exit status 2, before any work."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _method_titles():
+    from .train.methods import get_method, method_names
+    return [(n, get_method(n).title) for n in method_names()]
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="cbgan-ext", description="GANs on long-tailed data (CBGAN, Softlabel-GAN, "
-                                     "BAGAN) with fused CPU/CUDA ops.")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    methods = ", ".join(n for n, _ in _method_titles())
+    parser = _Parser(prog="cbgan-ext", description=f"GANs on long-tailed data with fused CPU/CUDA ops. Methods: "
+                     f"{methods} (`cbgan-ext methods` lists them).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or CBGAN_EXT_DEBUG=1)")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, configure, run) in _SUBCOMMANDS.items():
         p = subs.add_parser(name, help=help_, description=help_)
         configure(p)
@@ -32,11 +54,40 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("CBGAN_EXT_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
-    return args._run(args) or 0
+    try:
+        return args._run(args) or 0
+    except KeyboardInterrupt:
+        print(f"cbgan-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a user error: one line; --debug for the traceback
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        kind = "" if isinstance(e, (ValueError, OSError, RuntimeError)) else f"{type(e).__name__}: "
+        print(f"cbgan-ext {args.command}: error: {kind}{msg}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+
+
+def check_args(args, **rules):
+    """Check numeric arguments before any work: rules name -> (kind, lo) with kind "int" or "float" (finite,
+    >= lo) or "float>" (finite, > lo). None values are skipped."""
+    for name, (kind, lo) in rules.items():
+        v = getattr(args, name)
+        if v is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind == "int" and v < lo:
+            raise UsageError(f"{flag}: expected an integer >= {lo}, got {v}")
+        if kind.startswith("float") and (not math.isfinite(v) or v < lo or (kind == "float>" and v == lo)):
+            op = ">" if kind == "float>" else ">="
+            raise UsageError(f"{flag}: expected a finite number {op} {lo:g}, got {v}")
 
 
 # ------------------------------------------------------------------------------------------- shared arguments
@@ -76,8 +127,9 @@ def _configure_train_classifier(p):
     p.add_argument("--warmup-epochs", type=float, default=None, help="default 5/200 of the epochs")
     p.add_argument("--drw-epoch", type=float, default=None, help="DRW start (default 0.8 x epochs)")
     p.add_argument("--augment", default="crop-flip", choices=AUGMENTS)
-    p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES),
-                   help="autocast dtype; bf16 is ~2.5x faster on AVX-512 CPUs")
+    p.add_argument("--amp", default="none", choices=tuple(AMP_DTYPES) + ("auto",),
+                   help="autocast dtype; bf16 is ~2.5x faster on CPUs with AVX-512 BF16/AMX and ~10x slower on "
+                        "AVX2-only ones; auto: bf16 where the CPU (or a GPU) supports it")
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW (channels_last is faster on CPU)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (0: only at the end)")
     p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
@@ -93,6 +145,10 @@ def _configure_train_classifier(p):
             "annotator) on a long-tailed dataset", configure=_configure_train_classifier)
 def _run_train_classifier(args):
     from .train.classifier import train_classifier
+    check_args(args, epochs=("float>", 0), batch_size=("int", 1), lr=("float>", 0), momentum=("float", 0),
+               weight_decay=("float", 0), width=("float>", 0), imbalance=("float", 1), seed=("int", 0),
+               eval_every=("int", 0), checkpoint_every=("float", 0), max_minutes=("float>", 0),
+               warmup_epochs=("float", 0), drw_epoch=("float", 0), threads=("int", 1))
     result = train_classifier(
         args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
@@ -115,38 +171,48 @@ def _run_train_classifier(args):
 
 # ------------------------------------------------------------------------------------------- GAN: train, eval, sample
 
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
 def _configure_train(p):
+    from .train.methods import method_names
+    from .train.options import OPTIONS
     add_dataset_arguments(p, imbalance_default=100.0)
-    p.add_argument("--method", default="cbgan", choices=("gan", "cbgan"), help="cbgan, or the unregularised baseline")
+    p.add_argument("--method", default="cbgan", choices=method_names(),
+                   help="; ".join(f"{n}: {t}" for n, t in _method_titles()))
     p.add_argument("--classifier", default=None, help="train-classifier checkpoint: the classifier in CBGAN's loop")
     p.add_argument("--annotator", default=None, help="train-classifier checkpoint on balanced data, for evaluation")
-    p.add_argument("--out", required=True, help="run directory (resumes when it holds a checkpoint)")
-    p.add_argument("--steps", type=int, default=100000, help="generator steps (paper: 100k)")
-    p.add_argument("--arch", default="sndcgan", choices=("sndcgan", "snresgan"))
-    p.add_argument("--width", type=float, default=1.0, help="channel multiplier (1 = the paper's networks)")
-    p.add_argument("--z-dim", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--beta1", type=float, default=0.5)
-    p.add_argument("--beta2", type=float, default=0.999)
-    p.add_argument("--lam", type=float, default=None, help="regularizer weight λ (default: the paper's for --imbalance)")
-    p.add_argument("--alpha", type=float, default=0.5, help="forgetting factor α of Eq. 5")
-    p.add_argument("--beta", type=float, default=None, help="β of Eq. 5 (default 1; =alpha: convex combination)")
-    p.add_argument("--cycle", type=int, default=2000, help="steps per cycle between updates of N̂ (paper: 2000)")
-    p.add_argument("--weighting", default="paper", choices=("paper", "official"))
-    p.add_argument("--ema-decay", type=float, default=0.9999)
-    p.add_argument("--ema-start", type=int, default=20000)
-    p.add_argument("--eval-every", type=int, default=2000)
-    p.add_argument("--eval-samples", type=int, default=10000)
-    p.add_argument("--sample-every", type=int, default=2000)
-    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--out", required=True, help="run directory (resumes when it holds a checkpoint of the same "
+                                                "settings)")
+    p.add_argument("--cb-reg", dest="cb_reg", default=None, action=argparse.BooleanOptionalAction,
+                   help=OPTIONS["cb_reg"].help)
+    for key, o in OPTIONS.items():
+        if not o.flag or key == "seed":
+            continue
+        kw = dict(default=o.default, type=o.type, help=f"{o.help} (default {o.default})")
+        if o.choices:
+            kw["choices"] = o.choices
+        p.add_argument(_flag(key), dest=key, **kw)
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower)")
     p.add_argument("--no-progress", action="store_true")
 
 
-@subcommand("train", help="train an unconditional GAN (SNDCGAN/SNResGAN) with or without the CB regularizer",
+def _train_settings(args):
+    from .train.options import OPTIONS, check_options
+    settings = {k: getattr(args, k) for k in OPTIONS if hasattr(args, k)}
+    try:
+        check_options(settings, label=_flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return settings
+
+
+@subcommand("train", help="train a GAN method (see `cbgan-ext methods`) on a (long-tailed) dataset",
             configure=_configure_train)
 def _run_train(args):
+    settings = _train_settings(args)  # every number checked before any work
+    check_args(args, imbalance=("float", 1), threads=("int", 1), n_max=("int", 1), image_size=("int", 1))
     import torch
     from .data import get_dataset
     from .models.classifier import load_classifier
@@ -158,15 +224,9 @@ def _run_train(args):
                        download=args.download)
     clf = load_classifier(args.classifier, map_location=args.device) if args.classifier else None
     ann = load_classifier(args.annotator, map_location=args.device) if args.annotator else None
-    trainer = GANTrainer(data, args.out, method=args.method, steps=args.steps, arch=args.arch, width=args.width,
-                         z_dim=args.z_dim, batch_size=args.batch_size, lr=args.lr, betas=(args.beta1, args.beta2),
-                         classifier=clf, annotator=ann, lam=args.lam, alpha=args.alpha, beta=args.beta,
-                         cycle=args.cycle, weighting=args.weighting, ema_decay=args.ema_decay,
-                         ema_start=args.ema_start, eval_samples=args.eval_samples, device=args.device,
-                         seed=args.seed, eval_every=args.eval_every if ann else 0, sample_every=args.sample_every,
-                         ckpt_every=args.ckpt_every, progress=not args.no_progress,
-                         deterministic=args.deterministic)
-    trainer.config.update(classifier=args.classifier, annotator=args.annotator)
+    trainer = GANTrainer(data, args.out, method=args.method, classifier=clf, annotator=ann, device=args.device,
+                         progress=not args.no_progress, deterministic=args.deterministic, **settings)
+    trainer.config.update(classifier=args.classifier if trainer.reg is not None else None, annotator=args.annotator)
     best = trainer.run()
     if best:
         print(json.dumps({"best_step": best["step"], **{k: v for k, v in best["metrics"].items()}}))
@@ -177,17 +237,18 @@ def _configure_eval(p):
     p.add_argument("--run", required=True, help="a `cbgan-ext train` run directory")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--annotator", default=None, help="classifier checkpoint (default: the run's annotator)")
-    p.add_argument("--n", type=int, default=10000, help="generated samples")
+    p.add_argument("--n", type=int, default=10000, help="generated samples (n/K per class for conditional runs)")
     p.add_argument("--fid", default="auto", choices=("auto", "inception", "annotator"),
                    help="Fréchet distance features: clean-fid's Inception (standard FID; needs its weights), the "
-                        "annotator's (FD-annotator), or Inception when its weights are present")
+                        "annotator's (FD-annotator, always reported), or Inception too when its weights are present")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
 
 
-@subcommand("eval", help="KL to uniform of the annotator's class histogram and the Fréchet distance of a run",
-            configure=_configure_eval)
+@subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
+            "FD-annotator (and FID when available)", configure=_configure_eval)
 def _run_eval(args):
+    check_args(args, n=("int", 2), seed=("int", 0))
     from .train.gan import evaluate_run
     res = evaluate_run(args.run, checkpoint=args.checkpoint, annotator=args.annotator, n=args.n, fid=args.fid,
                        device=args.device, seed=args.seed)
@@ -199,6 +260,8 @@ def _configure_sample(p):
     p.add_argument("--run", required=True, help="a `cbgan-ext train` run directory")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
     p.add_argument("--n", type=int, default=64)
+    p.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+                   help="conditional runs: only class K (default: n/K of every class, a row per class)")
     p.add_argument("--out", default=None, help=".png (a grid) or .pt (a tensor in [-1, 1]); default RUN/samples.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -206,45 +269,111 @@ def _configure_sample(p):
 
 @subcommand("sample", help="generate images from a trained run (EMA generator)", configure=_configure_sample)
 def _run_sample(args):
-    import os
+    check_args(args, n=("int", 1), seed=("int", 0))
     import torch
     import torchvision
-    from .train.gan import load_generator
-    G, z_dim = load_generator(args.run, args.checkpoint, device=args.device)
-    with torch.no_grad():
-        z = torch.randn(args.n, z_dim, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
-        x = G(z).cpu()
+    from .train.evaluate import balanced_labels
+    from .train.gan import load_run
     out = args.out or os.path.join(args.run, "samples.png")
-    if out.endswith(".pt"):
-        torch.save(x, out)
+    if not out.endswith((".png", ".pt", ".jpg")):
+        raise UsageError(f"--out: expected a .png, .jpg or .pt path, got {out!r}")
+    run = load_run(args.run, args.checkpoint, device=args.device)
+    nrow = int(math.ceil(args.n ** 0.5))
+    if args.klass is not None:
+        if not run.conditional:
+            raise UsageError(f"--class: the run {args.run} ({run.method}) is unconditional; it has no classes to "
+                             "ask for")
+        if not 0 <= args.klass < run.num_classes:
+            raise UsageError(f"--class: expected a class in 0..{run.num_classes - 1}, got {args.klass}")
+        y = torch.full((args.n,), args.klass, dtype=torch.int64)
+    elif run.conditional:
+        # class-major order: a grid row per class when n is a multiple of K
+        y = balanced_labels(args.n, run.num_classes).sort(stable=True).values
+        nrow = max(1, args.n // run.num_classes) if args.n % run.num_classes == 0 else nrow
     else:
-        torchvision.utils.save_image(x, out, nrow=int(args.n ** 0.5) or 1, normalize=True, value_range=(-1, 1))
+        y = None
+    with torch.no_grad():
+        z = torch.randn(args.n, run.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(args.device)
+        x = (run.G(z, y.to(args.device)) if y is not None else run.G(z)).cpu()
+    if out.endswith(".pt"):
+        torch.save(x if y is None else {"images": x, "labels": y}, out)
+    else:
+        torchvision.utils.save_image(x, out, nrow=nrow, normalize=True, value_range=(-1, 1))
     print(out)
+    return 0
+
+
+def methods_table():
+    """The README's table of methods, from the registry."""
+    from .train.methods import get_method, method_names
+    lines = ["| method | what it is | source | conditional | D head | loss | CB regularizer | main job |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n in method_names():
+        m = get_method(n)
+        lines.append(f"| `{n}` | {m.title} | {m.paper} | {'yes' if m.conditional else 'no'} | {m.d_head} | "
+                     f"{m.loss} | {'on' if m.cb_regularizer else 'off (--cb-reg)'} | "
+                     f"{'yes' if m.in_main_job else 'no'} |")
+    return "\n".join(lines)
+
+
+@subcommand("methods", help="list the GAN methods (the README's table)", configure=lambda p: None)
+def _run_methods(args):
+    print(methods_table())
     return 0
 
 
 # ------------------------------------------------------------------------------------------- the main job
 
 def _configure_demo(p):
+    from .pipeline import PRESETS
     p.add_argument("--out", default="runs/demo", help="output directory (the run resumes when it exists)")
-    p.add_argument("--steps", type=int, default=None, help="GAN steps per method (default: see pipeline.DEFAULTS)")
-    p.add_argument("--classifier-epochs", type=int, default=None)
-    p.add_argument("--annotator-epochs", type=int, default=None)
-    p.add_argument("--gan-width", type=float, default=None)
-    p.add_argument("--final-samples", type=int, default=None)
-    p.add_argument("--weighting", default=None, choices=("paper", "official"), help="CB weighting (default official)")
-    p.add_argument("--lam", type=float, default=None, help="CB λ (default: the paper's for ρ=100, 10)")
+    p.add_argument("--preset", default="default", choices=tuple(PRESETS),
+                   help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
+    p.add_argument("--steps", type=int, default=None, help="GAN steps per method (default: the preset's)")
+    p.add_argument("--classifier-epochs", type=float, default=None, help="default: the preset's")
+    p.add_argument("--annotator-epochs", type=float, default=None, help="default: the preset's")
+    p.add_argument("--gan-width", type=float, default=None, help="default: the preset's")
+    p.add_argument("--final-samples", type=int, default=None, help="default: the preset's")
+    p.add_argument("--weighting", default=None, choices=("paper", "official"), help="CB weighting (default: the "
+                   "preset's)")
+    p.add_argument("--lam", type=float, default=None, help="CB λ (default: the preset's)")
+    p.add_argument("--methods", default=None, help="comma-separated methods (default: those of the main job)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
+                   "and write OUT/summary.md (mean and spread)")
     p.add_argument("--threads", type=int, default=None)
 
 
-@subcommand("demo", help="the main job: classifier, annotator, SNDCGAN baseline and CBGAN on long-tailed "
-            "Fashion-MNIST (rho=100), then a report", configure=_configure_demo)
+@subcommand("demo", help="the main job: classifier in the loop, annotator, then every main-job method on "
+            "long-tailed Fashion-MNIST (rho=100), then a report with the metrics side by side",
+            configure=_configure_demo)
 def _run_demo(args):
-    from .pipeline import run
-    run(args.out, steps=args.steps, seed=args.seed, threads=args.threads, classifier_epochs=args.classifier_epochs,
-        annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
-        weighting=args.weighting, lam=args.lam)
+    check_args(args, steps=("int", 1), classifier_epochs=("float>", 0), annotator_epochs=("float>", 0),
+               gan_width=("float>", 0), final_samples=("int", 2), lam=("float", 0), seed=("int", 0),
+               threads=("int", 1))
+    from .train.methods import method_names
+    methods = None
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        bad = [m for m in methods if m not in method_names()]
+        if bad or not methods:
+            raise UsageError(f"--methods: expected names among {', '.join(method_names())}, got {args.methods!r}")
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            seeds = None
+        if not seeds or min(seeds) < 0:
+            raise UsageError(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
+    from .pipeline import run, run_seeds
+    kw = dict(preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
+              annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
+              weighting=args.weighting, lam=args.lam, methods=methods)
+    if seeds:
+        print(run_seeds(args.out, seeds, **kw))
+    else:
+        run(args.out, seed=args.seed, **kw)
     return 0
 
 

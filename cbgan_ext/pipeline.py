@@ -1,43 +1,62 @@
-"""The main job: CBGAN against its baseline on long-tailed Fashion-MNIST, end to end, at CPU scale.
+"""The main job: every main-job method of the registry on long-tailed Fashion-MNIST, end to end, at CPU scale.
 
 Stages (each resumes or is skipped when its output exists, so a killed run continues):
-  1. data      long-tailed Fashion-MNIST (ρ = 100, 28 → 32) and the balanced test split, offline;
+  1. data        long-tailed Fashion-MNIST (ρ = 100, 28 → 32) and the balanced test split, offline;
   2. classifier  ResNet-32 on the long-tailed data: the classifier in CBGAN's loop;
   3. annotator   ResNet-32 on balanced data: labels generated images for the metrics;
-  4. gan, cbgan  the SNDCGAN baseline and CBGAN (same seed, architecture and steps);
+  4. methods     each main-job method (same seed, architecture and steps);
   5. report      KL to uniform of the annotator's histogram, FD-annotator, plots and sample grids.
-Bigger settings are flags of ``cbgan-ext demo``.
+
+Selection rule, the same for every method: the report evaluates each method's **final** EMA generator
+(no checkpoint picked by a metric). ``best.pt`` (lowest FD-annotator against the balanced test split) stays
+in each run directory for users who want it; the report does not read it.
+
+``run_seeds`` runs the job for several seeds and writes a table with the mean and spread of each metric.
 """
 import json
+import math
 import os
-import shutil
+import statistics
 import time
 
 import torch
 import torchvision
 
 from .data import get_dataset
-from .metrics import ClassifierFeatures, FeatureStats, inception_available
+from .metrics import inception_available
 from .models.classifier import load_classifier
 from .train.classifier import train_classifier
-from .train.gan import GANTrainer, batched, evaluate_samples
+from .train.evaluate import Evaluator
+from .train.gan import GANTrainer
+from .train.methods import get_method, method_names
 
-DEFAULTS = dict(
-    dataset="fashion-mnist", imbalance=100.0, image_size=32,
-    # Short-run settings measured on this 2-core CPU (issue 6): DRW with a cosine schedule beats LDAM-DRW
-    # in a few epochs; bf16 autocast cuts a CPU batch ~2.5x. ~86% / ~90% balanced test accuracy.
-    classifier=dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="bf16"),
-    annotator=dict(loss="ce", epochs=3, width=0.5, depth=32, lr_schedule="cosine", amp="bf16"),
-    # The released code's weighting (w = K·(1/N̂)/Σ 1/N̂, bounded by K): with the paper's w = 1/N_k a class
-    # the generator stops producing gets w ~ 1e4 within a few short cycles and the regularizer swamps the
-    # GAN loss (seen here: reg -224 at step 200, FD-annotator 40 vs 15).
-    # The settings of the run recorded in docs/demo-run/ (measured on this 2-core CPU). A 50-step cycle
-    # balanced better than 100 (KL 0.28 vs 0.34 at the same FD) in 1000-step runs; λ = 5 with the released
-    # code's weighting (the paper's λ = 10 is for its λ/K-scaled weighting).
-    gan=dict(arch="sndcgan", width=0.25, steps=1000, batch_size=64, cycle=50, eval_every=250,
-             ema_start=500, ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0),
-    final_samples=5000,
-)
+_CLASSIFIER = dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="auto")
+_ANNOTATOR = dict(loss="ce", epochs=3, width=0.5, depth=32, lr_schedule="cosine", amp="auto")
+# The released code's weighting (w = K·(1/N̂)/Σ 1/N̂, bounded by K) with its convex-combination update:
+# with the paper's w = 1/N_k a class the generator stops producing gets w ~ 1e4 within a few short cycles
+# and the regularizer swamps the GAN loss. Short runs need a short cycle (50 steps, measured).
+_GAN = dict(arch="sndcgan", width=0.25, steps=1000, batch_size=64, cycle=50, eval_every=250, ema_start=500,
+            ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0)
+
+PRESETS = {
+    "default": dict(about="the recorded main job (see docs/main-job)", dataset="fashion-mnist", imbalance=100.0,
+                    image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000),
+    "quick": dict(about="a first look in about 10 minutes on 2 CPU cores", dataset="fashion-mnist",
+                  imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
+                  annotator=dict(_ANNOTATOR, epochs=1),
+                  gan=dict(_GAN, steps=500, eval_every=250, ema_start=250), final_samples=2000),
+    "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
+                 dataset="digits", imbalance=10.0, image_size=32,
+                 classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
+                 annotator=dict(_ANNOTATOR, epochs=2, depth=8, amp="none"),
+                 gan=dict(_GAN, width=0.125, steps=12, eval_every=6, ema_start=6, eval_samples=100, cycle=4),
+                 final_samples=200),
+}
+BALANCED_ACCURACY_NEEDED = 0.75  # below this the classifier in the loop cannot balance CBGAN (measured)
+
+
+def main_job_methods():
+    return tuple(n for n in method_names() if get_method(n).in_main_job)
 
 
 def _log(msg):
@@ -52,34 +71,44 @@ def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads
     return load_classifier(path)
 
 
-def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=None, annotator_epochs=None,
-        gan_width=None, final_samples=None, weighting=None, lam=None, methods=("gan", "cbgan")):
-    cfg = json.loads(json.dumps(DEFAULTS))
+def resolve_config(preset="default", *, steps=None, classifier_epochs=None, annotator_epochs=None, gan_width=None,
+                   final_samples=None, weighting=None, lam=None, methods=None):
+    if preset not in PRESETS:
+        raise ValueError(f"demo: preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    cfg = json.loads(json.dumps(PRESETS[preset]))
+    cfg["preset"] = preset
+    g = cfg["gan"]
     if steps:
-        cfg["gan"]["steps"] = int(steps)
-        cfg["gan"]["eval_every"] = max(1, int(steps) // 4)
-        cfg["gan"]["ema_start"] = int(steps) // 2
+        g["steps"] = int(steps)
+        g["eval_every"] = max(1, int(steps) // 4)
+        g["ema_start"] = int(steps) // 2
     if classifier_epochs:
-        cfg["classifier"]["epochs"] = classifier_epochs
+        cfg["classifier"]["epochs"] = float(classifier_epochs)
+        cfg["classifier"]["drw_epoch"] = 0.7 * float(classifier_epochs)
     if annotator_epochs:
-        cfg["annotator"]["epochs"] = annotator_epochs
+        cfg["annotator"]["epochs"] = float(annotator_epochs)
     if gan_width:
-        cfg["gan"]["width"] = gan_width
+        g["width"] = float(gan_width)
     if final_samples:
         cfg["final_samples"] = int(final_samples)
     if weighting:
-        cfg["gan"]["weighting"] = weighting
+        g["weighting"] = weighting
     if lam is not None:
-        cfg["gan"]["lam"] = float(lam)
+        g["lam"] = float(lam)
+    cfg["methods"] = list(methods or main_job_methods())
+    return cfg
+
+
+def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=True, **overrides):
+    cfg = resolve_config(preset, **overrides)
     if threads:
         torch.set_num_threads(int(threads))
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
-    _log(f"1/5 data: {cfg['dataset']} ρ={cfg['imbalance']:g} at {cfg['image_size']}px")
+    _log(f"1/5 data: {cfg['dataset']} ρ={cfg['imbalance']:g} at {cfg['image_size']}px (preset {preset}, seed {seed})")
     train = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
                         seed=seed)
-    test = get_dataset(cfg["dataset"], "test", image_size=cfg["image_size"])
     _log(f"    long-tailed train counts {list(train.class_counts)}")
 
     _log("2/5 classifier in the loop (long-tailed data)")
@@ -92,37 +121,51 @@ def run(out="runs/demo", *, steps=None, seed=0, threads=None, classifier_epochs=
            for name, m in (("classifier", clf), ("annotator", ann))}
     _log(f"    classifier balanced accuracy {acc['classifier']['balanced_accuracy']:.3f}, "
          f"annotator {acc['annotator']['balanced_accuracy']:.3f}")
+    if (acc["classifier"]["balanced_accuracy"] or 0) < BALANCED_ACCURACY_NEEDED:
+        _log(f"    warning: the classifier in the loop is below {BALANCED_ACCURACY_NEEDED:.0%} balanced accuracy; "
+             "CBGAN balances only as well as it classifies")
 
+    g = cfg["gan"]
+    evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
     results = {}
-    real_stats = FeatureStats(batched(ClassifierFeatures(ann), test.float_images()))
-    for i, method in enumerate(methods):
-        _log(f"4/5 {method} ({i + 1}/{len(methods)})")
-        g = cfg["gan"]
-        trainer = GANTrainer(train, os.path.join(out, method), method=method, steps=g["steps"], arch=g["arch"],
-                             width=g["width"], batch_size=g["batch_size"], classifier=clf if method == "cbgan" else None,
-                             annotator=ann, cycle=g["cycle"], weighting=g["weighting"], lam=g["lam"], ema_start=g["ema_start"], ema_decay=g["ema_decay"],
-                             eval_samples=g["eval_samples"], eval_every=g["eval_every"], sample_every=g["eval_every"],
-                             ckpt_every=max(1, g["eval_every"] // 2), seed=seed)
+    for i, method in enumerate(cfg["methods"]):
+        _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
+        needs_clf = get_method(method).cb_regularizer
+        trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
+                             annotator=ann, seed=seed, progress=progress, sample_every=g["eval_every"],
+                             ckpt_every=max(1, g["eval_every"] // 2), fid="annotator",
+                             **{k: v for k, v in g.items() if k not in ("lam", "weighting", "cycle") or needs_clf})
+        trainer.evaluator = evaluator
         trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
-                              classifier=os.path.join(out, "classifier.pt") if method == "cbgan" else None)
+                              classifier=os.path.join(out, "classifier.pt") if needs_clf else None)
         best = trainer.run()
-        if best is not None and os.path.exists(trainer.best_path):
-            trainer.load_state_dict(torch.load(trainer.best_path, map_location="cpu", weights_only=False))
-        fakes = trainer.generate(cfg["final_samples"], generator=torch.Generator().manual_seed(2024))
-        res = evaluate_samples(fakes, ann, train.num_classes, real_stats)
-        res["best_step"] = None if best is None else best["step"]
+        # the selection rule: the final EMA generator, for every method
+        res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
+                        n=cfg["final_samples"], seed=2024)
+        res.update(step=trainer.step, best_fd_step=None if best is None else best["step"])
         results[method] = res
-        torchvision.utils.save_image(fakes[:100], os.path.join(out, f"samples_{method}.png"), nrow=10,
-                                     normalize=True, value_range=(-1, 1))
+        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
+        torchvision.utils.save_image(fakes, os.path.join(out, f"samples_{method}.png"), nrow=10, normalize=True,
+                                     value_range=(-1, 1))
         _log(f"    {method}: KL {res['kl']:.4f}, FD-annotator {res['fd']:.2f}, histogram {res['histogram']}")
 
     _log("5/5 report")
-    report = write_report(out, cfg, train, results, acc, time.time() - t0)
+    report = write_report(out, cfg, train, results, acc, time.time() - t0, seed)
     _log(f"wrote {report}")
     return results
 
 
-def write_report(out, cfg, train, results, accuracies, seconds):
+def _ratios(results):
+    """KL and FD of each method relative to the baseline ("gan"): KL ratio = baseline / method (higher is
+    more balancing), FD ratio = method / baseline (1.25 = 25% worse)."""
+    base = results.get("gan")
+    if base is None:
+        return {}
+    return {m: {"kl_ratio": base["kl"] / max(r["kl"], 1e-12), "fd_ratio": r["fd"] / base["fd"]}
+            for m, r in results.items() if m != "gan"}
+
+
+def write_report(out, cfg, train, results, accuracies, seconds, seed):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -132,9 +175,9 @@ def write_report(out, cfg, train, results, accuracies, seconds):
     counts = torch.tensor(list(train.class_counts), dtype=torch.float64)
     axes[0].bar(range(len(classes)), (counts / counts.sum()).tolist(), color="gray")
     axes[0].set_title(f"training data (ρ={cfg['imbalance']:g})")
-    for ax, (method, res) in zip(axes[1:], results.items()):
+    for j, (ax, (method, res)) in enumerate(zip(axes[1:], results.items())):
         h = torch.tensor(res["histogram"], dtype=torch.float64)
-        ax.bar(range(len(classes)), (h / h.sum()).tolist(), color="tab:blue" if method == "gan" else "tab:orange")
+        ax.bar(range(len(classes)), (h / h.sum()).tolist(), color=f"C{j}")
         ax.axhline(1 / len(classes), color="k", ls="--", lw=0.8)
         ax.set_title(f"{method}: KL {res['kl']:.3f}")
     for ax in axes:
@@ -144,34 +187,87 @@ def write_report(out, cfg, train, results, accuracies, seconds):
     fig.savefig(os.path.join(out, "histograms.png"), dpi=110)
     plt.close(fig)
 
+    g = cfg["gan"]
     fid_note = ("clean-fid's Inception weights were found: FID is available with `cbgan-ext eval`"
                 if inception_available() else
                 "clean-fid's Inception weights are not available offline, so the Fréchet distance is computed "
-                "on the annotator's penultimate features (FD-annotator). It is not comparable with published FIDs.")
-    lines = [f"# cbgan_ext main job: CBGAN vs baseline on long-tailed {cfg['dataset']}", "",
-             f"ρ = {cfg['imbalance']:g}, training counts {list(train.class_counts)}; "
-             f"{cfg['gan']['arch']} width {cfg['gan']['width']}, {cfg['gan']['steps']} steps, batch "
-             f"{cfg['gan']['batch_size']}, CB cycle {cfg['gan']['cycle']} steps, {cfg['gan']['weighting']} weighting; {cfg['final_samples']} samples "
-             f"per method; {seconds / 60:.1f} min in this invocation (finished stages resume).", "",
-             "| method | KL(hist ‖ uniform) ↓ | FD-annotator ↓ | best step |", "| --- | --- | --- | --- |"]
+                "on the annotator's penultimate features (FD-annotator), against the balanced test split. It is "
+                "not comparable with published FIDs.")
+    ratios = _ratios(results)
+    lines = [f"# cbgan_ext main job on long-tailed {cfg['dataset']} (preset {cfg['preset']}, seed {seed})", "",
+             f"ρ = {cfg['imbalance']:g}, training counts {list(train.class_counts)}; {g['arch']} width {g['width']}, "
+             f"{g['steps']} steps, batch {g['batch_size']}, CB: {g['weighting']} weighting, λ = {g['lam']}, cycle "
+             f"{g['cycle']} steps; {cfg['final_samples']} samples per method from the final EMA generator (the same "
+             f"rule for every method); {seconds / 60:.1f} min in this invocation (finished stages resume).", "",
+             "| method | KL(hist ‖ uniform) ↓ | FD-annotator ↓ | KL ratio (baseline / method) | FD ratio "
+             "(method / baseline) |", "| --- | --- | --- | --- | --- |"]
     for method, res in results.items():
-        lines.append(f"| {method} | {res['kl']:.4f} | {res['fd']:.2f} | {res['best_step']} |")
-    if "gan" in results and "cbgan" in results:
-        lines += ["", f"KL ratio baseline / CBGAN: **{results['gan']['kl'] / max(results['cbgan']['kl'], 1e-12):.2f}×**"]
+        r = ratios.get(method)
+        kl_ratio = "" if r is None else "%.2f×" % r["kl_ratio"]
+        fd_ratio = "" if r is None else "%.2f" % r["fd_ratio"]
+        lines.append(f"| {method} | {res['kl']:.4f} | {res['fd']:.2f} | {kl_ratio} | {fd_ratio} |")
     lines += ["", fid_note, "", "## Classifiers", "",
               "| network | data | accuracy | balanced accuracy |", "| --- | --- | --- | --- |"]
     for name, data in (("classifier", f"long-tailed ρ={cfg['imbalance']:g}"), ("annotator", "balanced")):
         a = accuracies.get(name) or {}
-        lines.append(f"| {name} | {data} | {a.get('accuracy', float('nan')) * 100:.1f}% | "
-                     f"{a.get('balanced_accuracy', float('nan')) * 100:.1f}% |")
+        lines.append(f"| {name} | {data} | {(a.get('accuracy') or math.nan) * 100:.1f}% | "
+                     f"{(a.get('balanced_accuracy') or math.nan) * 100:.1f}% |")
     lines += ["", "## Generated class histograms (annotator labels)", "", "![histograms](histograms.png)", "",
               "| class | " + " | ".join(results) + " |", "| --- |" + " --- |" * len(results)]
     for k, c in enumerate(classes):
         lines.append(f"| {c} | " + " | ".join(str(res["histogram"][k]) for res in results.values()) + " |")
     lines += ["", "## Samples", ""] + [f"**{m}**\n\n![{m}](samples_{m}.png)\n" for m in results]
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": cfg, "results": results, "classifiers": accuracies}, f, indent=1, default=str)
+        json.dump({"config": cfg, "seed": seed, "results": results, "ratios": ratios, "classifiers": accuracies,
+                   "minutes": seconds / 60}, f, indent=1, default=str)
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _spread(values):
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, sd, min(values), max(values)
+
+
+def run_seeds(out, seeds, **kw):
+    """The main job once per seed (``out/seed<s>``), then ``out/summary.md``: every metric per seed, with mean,
+    standard deviation and range."""
+    per_seed = {}
+    for s in seeds:
+        run(os.path.join(out, f"seed{s}"), seed=s, **kw)
+        with open(os.path.join(out, f"seed{s}", "results.json")) as f:
+            per_seed[s] = json.load(f)
+    return write_summary(out, per_seed)
+
+
+def write_summary(out, per_seed):
+    seeds = list(per_seed)
+    first = per_seed[seeds[0]]
+    methods = list(first["results"])
+    rows = []
+    for m in methods:
+        for key, label in (("kl", "KL ↓"), ("fd", "FD-annotator ↓")):
+            rows.append((f"{m} {label}", [per_seed[s]["results"][m][key] for s in seeds]))
+        if m in first["ratios"]:
+            rows.append((f"{m} KL ratio (gan / {m})", [per_seed[s]["ratios"][m]["kl_ratio"] for s in seeds]))
+            rows.append((f"{m} FD ratio ({m} / gan)", [per_seed[s]["ratios"][m]["fd_ratio"] for s in seeds]))
+    for name in ("classifier", "annotator"):
+        rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
+                                                   for s in seeds]))
+    rows.append(("minutes", [per_seed[s]["minutes"] for s in seeds]))
+    lines = [f"# Main job over seeds {', '.join(map(str, seeds))} (preset {first['config']['preset']})", "",
+             "| quantity | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | min – max |",
+             "| --- |" + " --- |" * (len(seeds) + 3)]
+    for label, vals in rows:
+        mean, sd, lo, hi = _spread(vals)
+        lines.append(f"| {label} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {mean:.3f} | {sd:.3f} | "
+                     f"{lo:.3f} – {hi:.3f} |")
+    path = os.path.join(out, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({"seeds": seeds, "rows": {label: vals for label, vals in rows}}, f, indent=1)
     return path

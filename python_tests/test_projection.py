@@ -386,7 +386,7 @@ def test_projection_head_matches_paper_formula(device, sn):
     assert torch.allclose(head(h, torch.nn.functional.one_hot(y_hard, K).float()), out_hard, rtol=1e-4, atol=1e-5)
     assert torch.allclose(head.class_embedding, V.t())
     if sn:
-        assert head.embed.parametrizations.weight.original.shape == (L, K)
+        assert head.embed.weight_orig.shape == (L, K)
 
 
 def test_projection_head_spectral_norm_converges_and_trains():
@@ -401,7 +401,7 @@ def test_projection_head_spectral_norm_converges_and_trains():
     out.sum().backward()
     grads = [p.grad for p in head.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert head.embed.parametrizations.weight.original.grad.abs().sum() > 0
+    assert head.embed.weight_orig.grad.abs().sum() > 0
 
 
 def test_projection_head_autocast_and_bad_input():

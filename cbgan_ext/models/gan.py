@@ -6,14 +6,25 @@ fused layers.
   at 64×64 (Tables 4-5).
 
 ``width`` multiplies every channel count (1.0 = the paper's), so CPU runs can stay small; ``channels``
-is 1 or 3. Discriminators end in a global sum pooling and return a logit [B] (unconditional); they expose
-``features(x)`` (the pooled [B, C] vector) for projection heads.
+is 1 or 3.
+
+Conditioning: every network takes it, ``G(z, y=None)`` and ``D(x, y=None)``. With ``num_classes > 0`` the
+generator's BatchNorms become conditional (class-dependent gain and bias, Miyato & Koyama 2018) and ``y``
+(int64 [B]) is required. Discriminators end in a global sum pooling, expose ``features(x)`` (the pooled
+[B, C] vector) and one head chosen by ``d_head``:
+
+* ``"scalar"``: a logit [B] (unconditional; ``y`` is ignored);
+* ``"projection"``: ψ(h) + hᵀ V y through :class:`cbgan_ext.nn.ProjectionHead`; ``y`` hard [B] or soft [B, K];
+* ``"classes+1"``: K + 1 logits [B, K+1], the last one "fake" (BAGAN);
+* ``"aux-classifier"``: (logit [B], class logits [B, K]) (ACGAN).
 """
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..nn import SNConv2d, SNConvTranspose2d, SNLinear
+from ..nn import ProjectionHead, SNConv2d, SNConvTranspose2d, SNLinear
+
+D_HEADS = ("scalar", "projection", "classes+1", "aux-classifier")
 
 
 def _c(n, width):
@@ -28,33 +39,100 @@ def _linear(sn, *args, **kw):
     return SNLinear(*args, **kw) if sn else nn.Linear(*args, **kw)
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm2d without affine parameters, then a per-class gain and bias (γ_y initialised to 1, β_y to 0)."""
+
+    def __init__(self, num_features, num_classes):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(num_features, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)
+        self.bias = nn.Embedding(num_classes, num_features)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x, y):
+        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+def _bn(num_features, num_classes):
+    return ConditionalBatchNorm2d(num_features, num_classes) if num_classes else nn.BatchNorm2d(num_features)
+
+
+def _norm(bn, x, y):
+    return bn(x, y) if isinstance(bn, ConditionalBatchNorm2d) else bn(x)
+
+
+def _check_condition(module, y, batch):
+    if module.num_classes:
+        if y is None:
+            raise ValueError(f"{type(module).__name__}: this conditional generator needs class labels y [B] int64")
+        if y.dtype != torch.int64 or y.shape != (batch,):
+            raise ValueError(f"{type(module).__name__}: y must be int64 [{batch}], got {y.dtype} {tuple(y.shape)}")
+    elif y is not None:
+        raise ValueError(f"{type(module).__name__}: unconditional generator (num_classes=0) given labels y")
+
+
+class _Discriminator(nn.Module):
+    """The head part shared by the discriminators: subclasses define ``features(x)`` and call ``_make_head``."""
+
+    def _make_head(self, sn, feature_dim, d_head, num_classes):
+        if d_head not in D_HEADS:
+            raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
+        if d_head != "scalar" and num_classes < 1:
+            raise ValueError(f"build_gan: d_head={d_head!r} needs num_classes >= 1, got {num_classes}")
+        self.feature_dim, self.d_head, self.num_classes = feature_dim, d_head, int(num_classes)
+        if d_head == "projection":
+            self.head = ProjectionHead(feature_dim, num_classes, spectral_norm=sn)
+        elif d_head == "classes+1":
+            self.linear = _linear(sn, feature_dim, num_classes + 1)
+        else:
+            self.linear = _linear(sn, feature_dim, 1)
+            if d_head == "aux-classifier":
+                self.aux = _linear(sn, feature_dim, num_classes)
+
+    def forward(self, x, y=None):
+        h = self.features(x)
+        if self.d_head == "scalar":
+            return self.linear(h).squeeze(1)
+        if self.d_head == "projection":
+            if y is None:
+                raise ValueError("discriminator: the projection head needs labels y (hard [B] or soft [B, K])")
+            return self.head(h, y)
+        if self.d_head == "classes+1":
+            return self.linear(h)
+        return self.linear(h).squeeze(1), self.aux(h)
+
+
 # ---- SNDCGAN (Tables 2-3) ----------------------------------------------------------------------------
 
 
 class DCGANGenerator(nn.Module):
     """FC(z, 4·4·512) → 3 × [TCONV(4, 2), BN, LReLU(0.1)] → CONV(3, 1) → tanh (Table 2)."""
 
-    def __init__(self, z_dim=128, channels=3, width=1.0, spectral_norm=False):
+    def __init__(self, z_dim=128, channels=3, width=1.0, spectral_norm=False, num_classes=0):
         super().__init__()
         dims = [_c(512, width), _c(256, width), _c(128, width), _c(64, width)]
-        self.z_dim, self.dims = z_dim, dims
+        self.z_dim, self.dims, self.num_classes = z_dim, dims, int(num_classes)
         self.linear = _linear(spectral_norm, z_dim, dims[0] * 16)
         blocks = []
         for cin, cout in zip(dims[:-1], dims[1:]):
             tconv = (SNConvTranspose2d if spectral_norm else nn.ConvTranspose2d)(cin, cout, 4, 2, 1)
-            blocks += [tconv, nn.BatchNorm2d(cout), nn.LeakyReLU(0.1, inplace=True)]
+            blocks += [tconv, _bn(cout, self.num_classes), nn.LeakyReLU(0.1, inplace=True)]
         self.blocks = nn.Sequential(*blocks)
         self.out = _conv(spectral_norm, dims[-1], channels, 3, 1, 1)
 
-    def forward(self, z):
+    def forward(self, z, y=None):
+        _check_condition(self, y, z.shape[0])
         h = self.linear(z).view(z.shape[0], self.dims[0], 4, 4)
-        return torch.tanh(self.out(self.blocks(h)))
+        for m in self.blocks:
+            h = _norm(m, h, y)
+        return torch.tanh(self.out(h))
 
 
-class DCGANDiscriminator(nn.Module):
+class DCGANDiscriminator(_Discriminator):
     """3 × [CONV(3, 1), LReLU, CONV(4, 2), LReLU] → CONV(3, 1), LReLU → global sum pool → FC (Table 3)."""
 
-    def __init__(self, channels=3, width=1.0, spectral_norm=True):
+    def __init__(self, channels=3, width=1.0, spectral_norm=True, d_head="scalar", num_classes=0):
         super().__init__()
         ins = [channels, _c(64, width), _c(128, width)]
         outs = [_c(64, width), _c(128, width), _c(256, width)]
@@ -64,14 +142,10 @@ class DCGANDiscriminator(nn.Module):
                        _conv(spectral_norm, cout, cout, 4, 2, 1), nn.LeakyReLU(0.1, inplace=True)]
         layers += [_conv(spectral_norm, outs[-1], _c(512, width), 3, 1, 1), nn.LeakyReLU(0.1, inplace=True)]
         self.body = nn.Sequential(*layers)
-        self.feature_dim = _c(512, width)
-        self.linear = _linear(spectral_norm, self.feature_dim, 1)
+        self._make_head(spectral_norm, _c(512, width), d_head, num_classes)
 
     def features(self, x):
         return self.body(x).sum(dim=(2, 3))
-
-    def forward(self, x):
-        return self.linear(self.features(x)).squeeze(1)
 
 
 # ---- SNResGAN (Tables 4-5; Miyato et al. at 32×32) ---------------------------------------------------
@@ -80,16 +154,16 @@ class DCGANDiscriminator(nn.Module):
 class GenBlock(nn.Module):
     """Gulrajani et al.: BN, ReLU, up ×2, CONV3, BN, ReLU, CONV3; shortcut up ×2, CONV1."""
 
-    def __init__(self, cin, cout, sn=False):
+    def __init__(self, cin, cout, sn=False, num_classes=0):
         super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(cin), nn.BatchNorm2d(cout)
+        self.bn1, self.bn2 = _bn(cin, num_classes), _bn(cout, num_classes)
         self.conv1 = _conv(sn, cin, cout, 3, 1, 1)
         self.conv2 = _conv(sn, cout, cout, 3, 1, 1)
         self.shortcut = _conv(sn, cin, cout, 1, 1, 0)
 
-    def forward(self, x):
-        h = F.interpolate(F.relu(self.bn1(x)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h))))
+    def forward(self, x, y=None):
+        h = F.interpolate(F.relu(_norm(self.bn1, x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(_norm(self.bn2, self.conv1(h), y)))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -123,7 +197,7 @@ class ResNetGenerator(nn.Module):
     """64×64: FC(z, 4·4·1024) → GEN_BLOCK ×4 (1024→512→256→128→64) → BN, ReLU, CONV3 → tanh (Table 4).
     32×32: FC(z, 4·4·256) → GEN_BLOCK(256, 256) ×3 → BN, ReLU, CONV3 → tanh (Miyato et al.)."""
 
-    def __init__(self, z_dim=128, channels=3, image_size=32, width=1.0, spectral_norm=False):
+    def __init__(self, z_dim=128, channels=3, image_size=32, width=1.0, spectral_norm=False, num_classes=0):
         super().__init__()
         if image_size == 64:
             dims = [_c(c, width) for c in (1024, 512, 256, 128, 64)]
@@ -131,22 +205,26 @@ class ResNetGenerator(nn.Module):
             dims = [_c(256, width)] * 4
         else:
             raise ValueError(f"ResNetGenerator: image_size must be 32 or 64, got {image_size}")
-        self.z_dim, self.dims = z_dim, dims
+        self.z_dim, self.dims, self.num_classes = z_dim, dims, int(num_classes)
         self.linear = _linear(spectral_norm, z_dim, dims[0] * 16)
-        self.blocks = nn.Sequential(*[GenBlock(a, b, spectral_norm) for a, b in zip(dims[:-1], dims[1:])])
-        self.bn = nn.BatchNorm2d(dims[-1])
+        self.blocks = nn.Sequential(*[GenBlock(a, b, spectral_norm, self.num_classes)
+                                      for a, b in zip(dims[:-1], dims[1:])])
+        self.bn = _bn(dims[-1], self.num_classes)
         self.out = _conv(spectral_norm, dims[-1], channels, 3, 1, 1)
 
-    def forward(self, z):
-        h = self.blocks(self.linear(z).view(z.shape[0], self.dims[0], 4, 4))
-        return torch.tanh(self.out(F.relu(self.bn(h))))
+    def forward(self, z, y=None):
+        _check_condition(self, y, z.shape[0])
+        h = self.linear(z).view(z.shape[0], self.dims[0], 4, 4)
+        for block in self.blocks:
+            h = block(h, y)
+        return torch.tanh(self.out(F.relu(_norm(self.bn, h, y))))
 
 
-class ResNetDiscriminator(nn.Module):
+class ResNetDiscriminator(_Discriminator):
     """64×64: DIS_BLOCK (3→64→128→256→512, down) + (512→1024, no down), ReLU, GSP, FC (Table 5).
     32×32: DIS_BLOCK(3, 128, down) + (128, 128, down) + 2 × (128, 128), ReLU, GSP, FC (Miyato et al.)."""
 
-    def __init__(self, channels=3, image_size=32, width=1.0, spectral_norm=True):
+    def __init__(self, channels=3, image_size=32, width=1.0, spectral_norm=True, d_head="scalar", num_classes=0):
         super().__init__()
         if image_size == 64:
             dims = [_c(c, width) for c in (64, 128, 256, 512, 1024)]
@@ -161,14 +239,10 @@ class ResNetDiscriminator(nn.Module):
             blocks.append(DisBlock(cin, cout, down, optimized=(i == 0), sn=spectral_norm))
             cin = cout
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = dims[-1]
-        self.linear = _linear(spectral_norm, dims[-1], 1)
+        self._make_head(spectral_norm, dims[-1], d_head, num_classes)
 
     def features(self, x):
         return F.relu(self.blocks(x)).sum(dim=(2, 3))
-
-    def forward(self, x):
-        return self.linear(self.features(x)).squeeze(1)
 
 
 ARCHITECTURES = ("sndcgan", "snresgan")
@@ -188,15 +262,28 @@ def init_orthogonal_(model):
     return model
 
 
-def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False, init="ortho"):
-    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"."""
+def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False, init="ortho",
+              num_classes=0, conditional_g=None, d_head="scalar"):
+    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default".
+
+    ``d_head`` picks the discriminator's head (D_HEADS) for ``num_classes`` K. The generator is conditional
+    (conditional BatchNorm, ``G(z, y)``) when ``conditional_g``; by default when the head reads labels
+    ("projection", "aux-classifier"). BAGAN's "classes+1" D pairs with a generator conditioned otherwise."""
+    if d_head not in D_HEADS:
+        raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
+    if conditional_g is None:
+        conditional_g = d_head in ("projection", "aux-classifier")
+    g_classes = int(num_classes) if conditional_g else 0
+    if conditional_g and g_classes < 1:
+        raise ValueError(f"build_gan: a conditional generator needs num_classes >= 1, got {num_classes}")
     if arch == "sndcgan":
         if image_size != 32:
             raise ValueError(f"build_gan: sndcgan is defined at 32×32, got image_size={image_size}")
-        G, D = DCGANGenerator(z_dim, channels, width, g_spectral_norm), DCGANDiscriminator(channels, width)
+        G = DCGANGenerator(z_dim, channels, width, g_spectral_norm, g_classes)
+        D = DCGANDiscriminator(channels, width, d_head=d_head, num_classes=num_classes)
     elif arch == "snresgan":
-        G = ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm)
-        D = ResNetDiscriminator(channels, image_size, width)
+        G = ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm, g_classes)
+        D = ResNetDiscriminator(channels, image_size, width, d_head=d_head, num_classes=num_classes)
     else:
         raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     if init == "ortho":

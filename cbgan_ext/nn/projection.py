@@ -7,16 +7,10 @@ D(x, y) = ψ(φ(x)) + φ(x)ᵀ V y: ψ is a linear layer to one logit, V [L, K] 
 linear map of the label vector (the paper replaces the cGAN's embedding lookup by it so that a classifier's
 softmax can be fed). For a one-hot y both give the same number, and hard labels take the gather path.
 """
-import torch
 from torch import nn
 
 from ..ops import soft_label_projection
-
-
-def _spectral_norm(module):
-    # The embedding's weight is read directly (not through module.forward), so SN must be a parametrization
-    # (recomputed on access) rather than the forward-pre-hook torch.nn.utils.spectral_norm.
-    return torch.nn.utils.parametrizations.spectral_norm(module)  # TODO(sn): switch to cbgan_ext.nn.SNLinear
+from .spectral_norm import SNLinear
 
 
 class ProjectionHead(nn.Module):
@@ -28,18 +22,18 @@ class ProjectionHead(nn.Module):
         self.in_features = int(in_features)
         self.num_classes = int(num_classes)
         self.spectral_norm = bool(spectral_norm)
-        self.psi = nn.Linear(self.in_features, 1)
-        self.embed = nn.Linear(self.num_classes, self.in_features, bias=False)  # V [L, K]
-        if self.spectral_norm:
-            self.psi = _spectral_norm(self.psi)
-            self.embed = _spectral_norm(self.embed)
+        linear = SNLinear if self.spectral_norm else nn.Linear
+        self.psi = linear(self.in_features, 1)
+        self.embed = linear(self.num_classes, self.in_features, bias=False)  # V [L, K]
 
     def extra_repr(self):
         return f"in_features={self.in_features}, num_classes={self.num_classes}, spectral_norm={self.spectral_norm}"
 
     @property
     def class_embedding(self):
-        """E = Vᵀ [K, L], a view (no copy); spectrally normalised when the head is."""
+        """E = Vᵀ [K, L]; spectrally normalised (σ from the current u, v, no power iteration) when the head is."""
+        if self.spectral_norm:
+            return self.embed.normalized_weight().t()
         return self.embed.weight.t()
 
     def forward(self, h, y):
@@ -48,7 +42,9 @@ class ProjectionHead(nn.Module):
             raise ValueError(f"ProjectionHead: h must be [B, {self.in_features}], got {tuple(h.shape)}")
         psi = self.psi(h).squeeze(1)
         # Under autocast ψ(h) and h may be half while V is float32: the fused op wants one dtype.
-        E = self.class_embedding.to(h.dtype)
+        # V is read directly (not through embed.forward): run the layer's SN step (power iteration in training).
+        V = self.embed._spectral_norm_forward_weight() if self.spectral_norm else self.embed.weight
+        E = V.t().to(h.dtype)
         if y.is_floating_point():
             y = y.to(h.dtype)
         return psi + soft_label_projection(h, E, y)

@@ -11,13 +11,16 @@ Two weightings:
   §1.4.1). The argmax counts of a cycle start at 0.
 * ``"official"`` (the released code, ``weight_regularizer.py`` with mode != "effective"):
   w = K·(1/N̂) / Σ_j (1/N̂_j), N̂ clamped to ≥ 1 after each update, the first cycle's counts start at a
-  prior of 512 per class, loss scaled by lam.
+  prior of 512 per class, loss scaled by lam, and by default the convex combination β = 1 − α of the
+  released CIFAR/LSUN configuration (N̂ ← 0.5 N̂ + 0.5 c at α = 0.5).
 
 Both update the effective class frequency after every ``update_every`` calls of ``step()`` (Eq. 5):
 N̂ ← (1−α)·N̂ + β·c, with c the argmax counts accumulated since the last update (then reset to 0);
-β = 1 when ``beta is None``, ``beta=alpha`` gives the convex combination. N̂ starts at ``init_count``
+``beta=None`` means β = 1 (the paper's Eq. 5) for "paper" and β = 1 − α for "official". N̂ starts at ``init_count``
 (default 50, the released code's value) for every class. Counts are accumulated only in training mode.
 """
+import math
+
 import torch
 from torch import nn
 
@@ -37,6 +40,11 @@ class CBRegularizer(nn.Module):
             raise ValueError(f"CBRegularizer: weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"CBRegularizer: alpha must be in [0, 1], got {alpha}")
+        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+            raise ValueError(f"CBRegularizer: lam must be a finite number >= 0, got {lam!r}")
+        if beta is not None and not (math.isfinite(beta) and beta >= 0):
+            raise ValueError(f"CBRegularizer: beta must be a finite number >= 0 (negative β makes class weights "
+                             f"negative), got {beta!r}")
         if int(update_every) < 1:
             raise ValueError(f"CBRegularizer: update_every must be >= 1, got {update_every}")
         if not init_count > 0:
@@ -44,7 +52,9 @@ class CBRegularizer(nn.Module):
         self.num_classes = int(num_classes)
         self.lam = float(lam)
         self.alpha = float(alpha)
-        self.beta = 1.0 if beta is None else float(beta)
+        if beta is None:
+            beta = 1.0 - float(alpha) if weighting == "official" else 1.0
+        self.beta = float(beta)
         self.update_every = int(update_every)
         self.weighting = weighting
         prior = _OFFICIAL_COUNT_PRIOR if weighting == "official" else 0.0

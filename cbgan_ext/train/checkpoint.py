@@ -7,6 +7,17 @@ import numpy as np
 import torch
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+def _file_mode():
+    # mkstemp creates 0600; give checkpoints the mode every other run file gets (0666 minus the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``: a kill at any
     moment leaves either the old checkpoint or the new one, never a torn file."""
@@ -18,6 +29,7 @@ def save_atomic(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -26,7 +38,13 @@ def save_atomic(obj, path):
 
 
 def load(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=False)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises several types for a torn zip / pickle
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
 def rng_state():

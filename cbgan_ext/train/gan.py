@@ -1,28 +1,30 @@
-"""Unconditional GAN trainer with the relativistic loss (CBGAN paper Eqs. 2-3), for two methods:
+"""The GAN trainer: one loop for every method of ``cbgan_ext.train.methods``.
 
-* ``gan``: the SNDCGAN / SNResGAN baseline;
-* ``cbgan``: the same plus the class-balancing regularizer on a frozen pretrained classifier, applied to
-  the fakes (before any augmentation) in the generator step only: L_G = Eq. 3 + reg(C(G(z))) (Eq. 8).
-
-Defaults are the paper's (supplementary Table 6, §1.4.1): Adam lr 2e-4, betas (0.5, 0.999), one D step
-per G step, λ by imbalance ratio (10 / 7.5 / 5 for ρ = 100 / 10 / 1), α = 0.5, β = 1, a cycle of 2000
-steps, EMA of G with decay 0.9999 from step 20k. Short CPU runs need a shorter cycle (``cycle``).
+``GANTrainer(dataset, out, method=name, **settings)``: the method builds G and D and computes the losses;
+the loop owns the data and noise streams, the optimizers (Adam, one D step per G step), the EMA of G, the
+optional CB regularizer on the fakes (CBGAN's Eq. 8: L_G + reg(C(G(z))), fakes before any augmentation,
+generator step only), evaluation against the balanced test split, checkpoints and resume. Settings, their
+defaults and their checks are ``cbgan_ext.train.options.OPTIONS``.
 """
 import math
 import os
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 import torchvision
 
-from ..metrics import ClassifierFeatures, FeatureStats, class_histogram, frechet_distance, kl_to_uniform
-from ..models import build_gan
 from ..nn import CBRegularizer
 from . import checkpoint as ckpt
+from . import options as opts
+from .evaluate import Evaluator, balanced_test_split, generate
+from .losses import relativistic_d_loss, relativistic_g_loss  # noqa: F401  (re-exported)
 from .loop import EMA, TrainLoop
+from .methods import get_method, method_names
 
-METHODS = ("gan", "cbgan")
 PAPER_LAMBDA = {100.0: 10.0, 10.0: 7.5, 1.0: 5.0}  # supplementary Table 1 (CIFAR-10)
+# Settings that change what is logged or evaluated, not the weights: a resume may change them.
+_LOOP_ONLY = ("steps", "annotator", "max_minutes", "eval_every", "eval_samples", "sample_every", "ckpt_every",
+              "log_every", "fid")
 
 
 def paper_lambda(imbalance_ratio):
@@ -45,96 +47,119 @@ class GeneratorState:
         self.gen.set_state(d["state"])
 
 
-def relativistic_d_loss(d_real, d_fake):
-    """Eq. 2: −E[log σ(D(x) − D(G(z)))]."""
-    return F.softplus(-(d_real - d_fake)).mean()
+def _dataset_imbalance(dataset):
+    return getattr(dataset, "imbalance_ratio", None) or (getattr(dataset, "config", None) or {}).get("imbalance_ratio")
 
 
-def relativistic_g_loss(d_fake, d_real):
-    """Eq. 3: −E[log σ(D(G(z)) − D(x))]."""
-    return F.softplus(-(d_fake - d_real)).mean()
+def check_classifier(model, x, num_classes, what):
+    """A classifier must take the dataset's images and give K logits: refused before any work otherwise."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(x[None].to(next(model.parameters()).device))
+    except RuntimeError as e:
+        raise ValueError(f"{what}: does not take the dataset's images {tuple(x.shape)} "
+                         f"({str(e).splitlines()[0]})") from None
+    if out.dim() != 2 or out.shape[1] != num_classes:
+        raise ValueError(f"{what}: gives {out.shape[-1]} class logits, the dataset has {num_classes} classes")
 
 
 class GANTrainer(TrainLoop):
-    def __init__(self, dataset, out, *, method="cbgan", steps=10000, arch="sndcgan", width=1.0, z_dim=128,
-                 batch_size=64, lr=2e-4, betas=(0.5, 0.999), classifier=None, annotator=None, lam=None,
-                 alpha=0.5, beta=None, cycle=2000, weighting="paper", ema_decay=0.9999, ema_start=20000,
-                 eval_samples=2000, device="cpu", seed=0, deterministic=False, **loop_kw):
-        if method not in METHODS:
-            raise ValueError(f"GANTrainer: method must be one of {METHODS}, got {method!r}")
-        if method == "cbgan" and classifier is None:
-            raise ValueError("GANTrainer: method 'cbgan' needs the pretrained classifier (classifier=...)")
-        loop_kw.setdefault("select_key", "fd" if annotator is not None else None)
-        super().__init__(out, steps, seed=seed, device=device, **loop_kw)
-        ckpt.seed_everything(seed, deterministic)
-        self.dataset, self.method = dataset, method
+    resume_may_change = _LOOP_ONLY
+
+    def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,
+                 device="cpu", deterministic=False, progress=True, **settings):
+        cls = get_method(method)
+        s = opts.resolve(**settings)
         self.num_classes = len(dataset.class_counts)
+        self.method = cls(self.num_classes)
+        cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
         x0, _ = dataset[0]
+        if cb_reg:
+            if classifier is None:
+                raise ValueError(f"GANTrainer: method {method!r} with the CB regularizer needs the pretrained "
+                                 "classifier (classifier=..., --classifier)")
+            check_classifier(classifier.to(device), x0, self.num_classes, "the classifier in the loop")
+        if annotator is not None:
+            check_classifier(annotator.to(device), x0, self.num_classes, "the annotator")
+            if eval_images is None and getattr(dataset, "config", None) is None:
+                raise ValueError("GANTrainer: evaluation compares with the balanced test split; this dataset "
+                                 "records no config to rebuild it from: pass eval_images=")
+        super().__init__(out, s["steps"], seed=s["seed"], device=device, log_every=s["log_every"],
+                         sample_every=s["sample_every"], eval_every=s["eval_every"] if annotator is not None else 0,
+                         ckpt_every=s["ckpt_every"], select_key="fd" if annotator is not None else None,
+                         progress=progress, max_minutes=s["max_minutes"])
+        ckpt.seed_everything(s["seed"], deterministic)
+        self.settings, self.dataset = s, dataset
         channels, size = x0.shape[0], x0.shape[-1]
-        self.G, self.D = build_gan(arch, channels=channels, image_size=size, width=width, z_dim=z_dim)
+        self.G, self.D = self.method.build(s["arch"], channels=channels, image_size=size, width=s["width"],
+                                           z_dim=s["z_dim"])
         self.G.to(self.device)
         self.D.to(self.device)
-        self.z_dim, self.batch_size = z_dim, int(batch_size)
+        self.z_dim, self.batch_size = s["z_dim"], s["batch_size"]
         self.modules = {"G": self.G, "D": self.D}
-        self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas),
-                           "D": torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)}
-        self.ema = EMA(self.G, ema_decay, ema_start)
-        self.data_rng = GeneratorState(seed + 1)
-        self.noise_rng = GeneratorState(seed + 2, self.device)
+        betas = (s["beta1"], s["beta2"])
+        self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=s["lr"], betas=betas),
+                           "D": torch.optim.Adam(self.D.parameters(), lr=s["lr"], betas=betas)}
+        self.ema = EMA(self.G, s["ema_decay"], s["ema_start"])
+        self.data_rng = GeneratorState(s["seed"] + 1)
+        self.noise_rng = GeneratorState(s["seed"] + 2, self.device)
         self.extra_state = {"data_rng": self.data_rng, "noise_rng": self.noise_rng}
+        for k, v in self.method.state().items():
+            self.extra_state[f"method.{k}"] = v
         self.classifier = None if classifier is None else classifier.to(self.device).eval().requires_grad_(False)
         self.reg = None
-        if method == "cbgan":
+        lam = s["lam"]
+        if cb_reg:
             if lam is None:
-                rho = getattr(dataset, "imbalance_ratio", None) or getattr(dataset, "config", {}).get("imbalance_ratio")
-                lam = paper_lambda(rho or 1.0)
-            self.reg = CBRegularizer(self.num_classes, lam, alpha=alpha, beta=beta, update_every=cycle,
-                                     weighting=weighting).to(self.device)
+                lam = paper_lambda(_dataset_imbalance(dataset) or 1.0)
+            self.reg = CBRegularizer(self.num_classes, lam, alpha=s["alpha"], beta=s["beta"],
+                                     update_every=s["cycle"], weighting=s["weighting"]).to(self.device)
             self.extra_state["reg"] = self.reg
         self.annotator = None if annotator is None else annotator.to(self.device).eval()
-        self.eval_samples = int(eval_samples)
-        self._real_stats = None
-        self.images = self._stack_dataset(dataset)
-        self.config = dict(method=method, steps=steps, arch=arch, width=width, z_dim=z_dim, batch_size=batch_size,
-                           lr=lr, betas=list(betas), lam=None if self.reg is None else self.reg.lam, alpha=alpha,
-                           beta=beta, cycle=cycle, weighting=weighting, ema_decay=ema_decay, ema_start=ema_start,
-                           seed=seed, num_classes=self.num_classes, image_shape=list(x0.shape),
+        self._eval_images = eval_images
+        self._evaluator = None
+        self.images, self.labels = self._stack_dataset(dataset)
+        self.config = dict(method=method, **{k: v for k, v in s.items() if k not in ("lam", "beta", "cb_reg")},
+                           cb_reg=cb_reg, lam=None if self.reg is None else self.reg.lam,
+                           beta=None if self.reg is None else self.reg.beta,
+                           num_classes=self.num_classes, image_shape=list(x0.shape),
                            class_counts=[int(c) for c in dataset.class_counts],
                            dataset=getattr(dataset, "config", None))
 
     @staticmethod
     def _stack_dataset(dataset):
         if hasattr(dataset, "float_images"):  # cbgan_ext.data's in-memory datasets
-            return dataset.float_images()
-        images = getattr(dataset, "images", None)
-        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point:
-            return images
-        return torch.stack([dataset[i][0] for i in range(len(dataset))])
+            return dataset.float_images(), dataset.labels
+        images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+        if isinstance(images, torch.Tensor) and images.dtype.is_floating_point and isinstance(labels, torch.Tensor):
+            return images, labels.to(torch.int64)
+        items = [dataset[i] for i in range(len(dataset))]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
 
     def _noise(self, n):
         return torch.randn(n, self.z_dim, device=self.device, generator=self.noise_rng.gen)
 
     def _real_batch(self):
         idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=self.data_rng.gen)
-        return self.images[idx].to(self.device, non_blocking=True)
+        return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
+
+    def _fake_batch(self):
+        z = self._noise(self.batch_size)
+        y = self.method.sample_labels(self.batch_size, self.noise_rng.gen, self.device)
+        return (self.G(z, y) if self.method.conditional else self.G(z)), y
 
     def train_step(self, step):
-        G, D = self.G, self.D
-        opt_g, opt_d = self.optimizers["G"], self.optimizers["D"]
-        real = self._real_batch()
-        # discriminator step, Eq. 2
+        M, opt_g, opt_d = self.method, self.optimizers["G"], self.optimizers["D"]
+        real, real_y, _ = self._real_batch()
         with torch.no_grad():
-            fake = G(self._noise(self.batch_size))
-        loss_d = relativistic_d_loss(D(real), D(fake))
+            fake, fake_y = self._fake_batch()
+        loss_d, metrics_d = M.d_loss(self.D, real, real_y, fake, fake_y)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
-        # generator step, Eq. 3 (+ λ L_reg, Eq. 8)
-        fake = G(self._noise(self.batch_size))
-        with torch.no_grad():
-            d_real = D(real)
-        loss_g = relativistic_g_loss(D(fake), d_real)
-        metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item()}
+        fake, fake_y = self._fake_batch()
+        loss_g, metrics_g = M.g_loss(self.D, real, real_y, fake, fake_y)
+        metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item(), **metrics_d, **metrics_g}
         if self.reg is not None:
             reg = self.reg(self.classifier(fake))
             loss_g = loss_g + reg
@@ -144,105 +169,91 @@ class GANTrainer(TrainLoop):
         opt_g.step()
         if self.reg is not None:
             self.reg.step()
-        self.ema.update(G, step)
+        self.ema.update(self.G, step)
         return metrics
 
     # ---- sampling and evaluation ---------------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, n, generator=None, batch=500, use_ema=True):
         G = self.ema.model if use_ema else self.G
-        G.eval()
-        out = []
-        for i in range(0, n, batch):
-            m = min(batch, n - i)
-            z = torch.randn(m, self.z_dim, generator=generator).to(self.device)
-            out.append(G(z).cpu())
-        return torch.cat(out)
+        return generate(G, n, z_dim=self.z_dim, num_classes=self.num_classes, conditional=self.method.conditional,
+                        generator=generator, batch=batch, device=self.device)[0]
 
     def sample_grid(self, path):
         g = torch.Generator().manual_seed(1234)  # the same z every time: grids are comparable across steps
         x = self.generate(64, generator=g)
         torchvision.utils.save_image(x, path, nrow=8, normalize=True, value_range=(-1, 1))
 
-    @torch.no_grad()
+    @property
+    def evaluator(self):
+        if self._evaluator is None and self.annotator is not None:
+            s = self.settings
+            kw = dict(n=s["eval_samples"], fid=s["fid"], device=self.device)
+            if self._eval_images is not None:
+                self._evaluator = Evaluator(self.annotator, self._eval_images, self.num_classes, **kw)
+            else:
+                self._evaluator = Evaluator.for_dataset_config(self.annotator, self.dataset.config,
+                                                               self.num_classes, **kw)
+        return self._evaluator
+
+    @evaluator.setter
+    def evaluator(self, ev):
+        self._evaluator = ev
+
     def evaluate(self):
         if self.annotator is None:
             return {}
-        g = torch.Generator().manual_seed(4321)  # eval draws never touch the training RNG streams
-        fakes = self.generate(self.eval_samples, generator=g)
-        return evaluate_samples(fakes, self.annotator, self.num_classes, self.real_stats())
-
-    def real_stats(self):
-        if self._real_stats is None:
-            feats = ClassifierFeatures(self.annotator)
-            n = min(self.images.shape[0], max(self.eval_samples, 2000))
-            idx = torch.randperm(self.images.shape[0], generator=torch.Generator().manual_seed(99))[:n]
-            self._real_stats = FeatureStats(batched(feats, self.images[idx]))
-        return self._real_stats
+        return self.evaluator(self.ema.model, z_dim=self.z_dim, conditional=self.method.conditional)
 
 
-def batched(fn, images, batch=500):
-    import numpy as np
-    return np.concatenate([fn(images[i:i + batch]) for i in range(0, images.shape[0], batch)])
-
-
-@torch.no_grad()
-def annotate(annotator, images, batch=500):
-    dev = next(annotator.parameters()).device
-    return torch.cat([annotator(images[i:i + batch].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch)])
-
-
-@torch.no_grad()
-def evaluate_samples(fakes, annotator, num_classes, real_stats):
-    """The papers' balance and quality metrics of generated images: the annotator's class histogram, its
-    KL to uniform, and the Fréchet distance on the annotator's features (FD-annotator)."""
-    hist = class_histogram(annotate(annotator, fakes), num_classes)
-    fd = frechet_distance(FeatureStats(batched(ClassifierFeatures(annotator), fakes)), real_stats)
-    return {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist()}
-
+# ---- runs on disk ----------------------------------------------------------------------------------------
 
 def _run_checkpoint(run_dir, checkpoint):
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     path = os.path.join(run_dir, "best.pt" if checkpoint == "best" else "checkpoint.pt")
     if checkpoint == "best" and not os.path.exists(path):
         path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"cbgan-ext: no checkpoint in {run_dir} (looked for best.pt and checkpoint.pt)")
+        raise FileNotFoundError(f"no checkpoint in {run_dir} (looked for best.pt and checkpoint.pt)")
     return ckpt.load(path)
+
+
+def load_run(run_dir, checkpoint="best", device="cpu"):
+    """A ``cbgan-ext train`` run: namespace(G (EMA, eval mode), z_dim, method, conditional, num_classes,
+    config, step)."""
+    state = _run_checkpoint(run_dir, checkpoint)
+    c = state["config"]
+    name = c.get("method", "gan")
+    if name not in method_names():
+        raise ValueError(f"{run_dir}: method {name!r} is not known to this version of cbgan_ext")
+    method = get_method(name)(c["num_classes"])
+    shape = c["image_shape"]
+    G, _ = method.build(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"])
+    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["modules"]["G"])
+    return SimpleNamespace(G=G.to(device).eval(), z_dim=c["z_dim"], method=name, conditional=method.conditional,
+                           num_classes=c["num_classes"], config=c, step=state["step"])
 
 
 def load_generator(run_dir, checkpoint="best", device="cpu"):
     """(EMA generator in eval mode, z_dim) of a ``cbgan-ext train`` run."""
-    state = _run_checkpoint(run_dir, checkpoint)
-    c = state["config"]
-    shape = c["image_shape"]
-    G, _ = build_gan(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"])
-    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["modules"]["G"])
-    return G.to(device).eval(), c["z_dim"]
+    run = load_run(run_dir, checkpoint, device)
+    return run.G, run.z_dim
 
 
-@torch.no_grad()
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0):
-    """The metrics of a run: annotator histogram, KL to uniform, FD-annotator, and FID (clean-fid's
-    Inception) when requested or when its weights are available (fid="auto")."""
-    from ..data import dataset_from_config
-    from ..metrics import InceptionFeatures, inception_available
+    """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``)."""
     from ..models.classifier import load_classifier
-    state = _run_checkpoint(run_dir, checkpoint)
-    c = state["config"]
+    run = load_run(run_dir, checkpoint, device)
+    c = run.config
     ann_path = annotator or c.get("annotator")
     if not ann_path:
-        raise ValueError("cbgan-ext eval: the run records no annotator; pass --annotator")
+        raise ValueError(f"{run_dir} records no annotator; pass --annotator")
+    if not c.get("dataset"):
+        raise ValueError(f"{run_dir} records no dataset config to rebuild its test split from")
     ann = load_classifier(ann_path, map_location=device)
-    G, z_dim = load_generator(run_dir, checkpoint, device)
-    g = torch.Generator().manual_seed(seed)
-    fakes = torch.cat([G(torch.randn(min(500, n - i), z_dim, generator=g).to(device)).cpu() for i in range(0, n, 500)])
-    if "dataset" not in c:
-        raise ValueError(f"cbgan-ext eval: {run_dir} records no dataset config")
-    real = dataset_from_config(c["dataset"], split="test", imbalance_ratio=1.0).float_images()
-    real_stats = FeatureStats(batched(ClassifierFeatures(ann), real))
-    res = evaluate_samples(fakes, ann, len(c["class_counts"]), real_stats)
-    res.update(step=state["step"], checkpoint=checkpoint, n=n)
-    if fid == "inception" or (fid == "auto" and inception_available()):
-        inc = InceptionFeatures(device=device)
-        res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), FeatureStats(batched(inc, real, 100)))
+    real = balanced_test_split(c["dataset"])
+    check_classifier(ann, real[0][0], run.num_classes, f"annotator {ann_path}")
+    ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device)
+    res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional)
+    res.update(step=run.step, checkpoint=checkpoint, method=run.method)
     return res

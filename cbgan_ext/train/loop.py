@@ -1,14 +1,18 @@
-"""The shared training loop: every method's trainer subclasses ``TrainLoop`` and supplies
-``train_step`` and ``evaluate``.
+"""The shared training loop: every trainer subclasses ``TrainLoop`` and supplies ``train_step`` and
+``evaluate``.
 
-The loop provides seeding, a progress bar, a JSONL metrics log (and TensorBoard when installed), sample
-grids, periodic evaluation with best-checkpoint selection, and atomic checkpoints with exact resume:
+The loop provides a progress bar, a JSONL metrics log (and TensorBoard when installed), sample grids,
+periodic evaluation with best-checkpoint selection, a time limit, and atomic checkpoints with exact resume:
 models, optimizers, EMA, extra state (e.g. the CB regularizer), the data/noise generators and the global
 RNG states are all saved, so a run killed at step s and resumed gives the same weights at step n as an
-uninterrupted run.
+uninterrupted run. A resume checks that the run's settings (``config``) match the checkpoint's, drops the
+log records written after the checkpoint (they are about to be re-run) and removes temporary files a kill
+during a checkpoint write left behind.
 """
 import copy
+import glob
 import json
+import math
 import os
 import time
 
@@ -35,23 +39,46 @@ class EMA:
             e.copy_(b)
 
 
+class ConfigMismatchError(ValueError):
+    """A run directory holds a checkpoint of other settings than the ones asked for."""
+
+
+def _json_safe(value):
+    """Non-finite floats as null: bare NaN/Infinity is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _canonical(config):
+    return json.loads(json.dumps(config, default=str))
+
+
 class TrainLoop:
     """Subclasses set ``self.modules`` (name → nn.Module), ``self.optimizers`` (name → optimizer) and may
     set ``self.ema`` and ``self.extra_state`` (name → object with state_dict/load_state_dict), then call
-    ``run()``."""
+    ``run()``. ``self.config`` is what a resume must match, except the keys in ``resume_may_change``."""
+
+    resume_may_change = ("steps", "annotator", "max_minutes")
 
     def __init__(self, out, steps, *, seed=0, log_every=50, sample_every=500, eval_every=1000,
-                 ckpt_every=500, select="min", select_key=None, progress=True, device="cpu"):
+                 ckpt_every=500, select="min", select_key=None, progress=True, device="cpu", max_minutes=None):
         self.out, self.steps, self.seed = out, int(steps), int(seed)
         self.log_every, self.sample_every = int(log_every), int(sample_every)
         self.eval_every, self.ckpt_every = int(eval_every), int(ckpt_every)
         self.select, self.select_key = select, select_key
         self.progress, self.device = progress, torch.device(device)
+        self.max_minutes = max_minutes
         self.modules, self.optimizers, self.extra_state = {}, {}, {}
         self.ema = None
         self.step = 0
         self.best = None
         self.config = {}
+        self.stopped_early = False
         os.makedirs(out, exist_ok=True)
         self.ckpt_path = os.path.join(out, "checkpoint.pt")
         self.best_path = os.path.join(out, "best.pt")
@@ -96,21 +123,54 @@ class TrainLoop:
     def save(self, path=None):
         ckpt.save_atomic(self.state_dict(), path or self.ckpt_path)
 
+    def check_config(self, saved, source):
+        """Raise ConfigMismatchError naming every key whose value differs between ``saved`` and this run."""
+        old, new = _canonical(saved or {}), _canonical(self.config)
+        diff = sorted(k for k in set(old) | set(new) if k not in self.resume_may_change and old.get(k) != new.get(k))
+        if diff:
+            what = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
+            raise ConfigMismatchError(f"{source} holds a run with other settings ({what}); use another --out, "
+                                      "or the same settings to resume it")
+
     def try_resume(self):
+        for tmp in glob.glob(os.path.join(self.out, ".tmp-*.pt")):  # a kill during a checkpoint write
+            os.unlink(tmp)
         if not os.path.exists(self.ckpt_path):
+            self._truncate_log(0)
             return False
-        self.load_state_dict(ckpt.load(self.ckpt_path, map_location=self.device))
+        state = ckpt.load(self.ckpt_path, map_location=self.device)
+        self.check_config(state.get("config"), self.ckpt_path)
+        self.load_state_dict(state)
+        self._truncate_log(self.step)
         self._log({"event": "resumed", "step": self.step})
         return True
 
+    def _truncate_log(self, step):
+        """Keep the records up to ``step``: the steps after it are re-run and logged again."""
+        if not os.path.exists(self.log_path):
+            return
+        keep = []
+        with open(self.log_path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line torn by a kill
+                if rec.get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.log_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.log_path)
+
     # ---- logging ------------------------------------------------------------------------------------
     def _log(self, record):
-        record = {"time": round(time.time(), 3), **record}
+        record = _json_safe({"time": round(time.time(), 3), **record})
         with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         if self._tb is not None:
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time"):
                     self._tb.add_scalar(k, v, record.get("step", self.step))
 
     def _open_tensorboard(self):
@@ -136,10 +196,13 @@ class TrainLoop:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self):
-        self._open_tensorboard()
         if not self.try_resume():
-            with open(os.path.join(self.out, "config.json"), "w") as f:
-                json.dump(self.config, f, indent=1, default=str)
+            config_path = os.path.join(self.out, "config.json")
+            with open(config_path + ".tmp", "w") as f:
+                json.dump(_json_safe(_canonical(self.config)), f, indent=1)
+            os.replace(config_path + ".tmp", config_path)
+        self._open_tensorboard()
+        deadline = None if not self.max_minutes else time.time() + 60.0 * float(self.max_minutes)
         bar = tqdm(total=self.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc=os.path.basename(os.path.normpath(self.out)))
         while self.step < self.steps:
@@ -155,8 +218,13 @@ class TrainLoop:
                 self.sample_grid(os.path.join(self.out, f"samples_{self.step:07d}.png"))
             if self.eval_every and (self.step % self.eval_every == 0 or self.step == self.steps):
                 self.run_evaluation()
-            if self.step % self.ckpt_every == 0 or self.step == self.steps:
+            out_of_time = deadline is not None and time.time() >= deadline and self.step < self.steps
+            if self.step % self.ckpt_every == 0 or self.step == self.steps or out_of_time:
                 self.save()
+            if out_of_time:
+                self.stopped_early = True
+                self._log({"event": "time-limit", "step": self.step, "max_minutes": self.max_minutes})
+                break
         bar.close()
         if self._tb is not None:
             self._tb.close()

@@ -1,0 +1,108 @@
+"""One evaluator for every GAN run: the loop's periodic evaluation, ``cbgan-ext eval`` and the main job.
+
+It generates n images from a generator (conditional generators get n/K per class, as evenly as n allows),
+labels them with the annotator, and compares them with the **balanced test split** of the run's dataset,
+whose feature statistics it computes once and caches. Metrics:
+
+* ``histogram``, ``kl``: the annotator's class histogram of the fakes and its KL to uniform (CBGAN);
+* ``fd`` (named by ``fd_name``): Fréchet distance on the annotator's penultimate features (FD-annotator);
+* ``fid``: clean-fid's FID when its Inception weights are present (``fid="auto"``) or asked for;
+* ``label_accuracy`` (conditional runs): how often the annotator agrees with the class asked for.
+"""
+import numpy as np
+import torch
+
+from ..metrics import ClassifierFeatures, FeatureStats, class_histogram, frechet_distance, kl_to_uniform
+
+FID_MODES = ("auto", "inception", "annotator")
+
+
+def balanced_test_split(dataset_config):
+    """The whole test split of the dataset a run was trained on: never the training profile's subset."""
+    from ..data import dataset_from_config
+    return dataset_from_config(dataset_config, split="test", imbalance_ratio=1.0, profile="exp", n_max=None)
+
+
+def batched(fn, images, batch=500):
+    return np.concatenate([fn(images[i:i + batch]) for i in range(0, images.shape[0], batch)])
+
+
+@torch.no_grad()
+def annotate(annotator, images, batch=500):
+    dev = next(annotator.parameters()).device
+    return torch.cat([annotator(images[i:i + batch].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch)])
+
+
+def balanced_labels(n, num_classes):
+    """n labels, n // K of each class and the rest to the first classes: the per-class split of n."""
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def generate(G, n, *, z_dim, num_classes=0, conditional=False, generator=None, batch=500, device="cpu"):
+    """(images on the CPU, labels or None). z is drawn on the CPU from ``generator``, so the same seed
+    gives the same images on any device."""
+    G.eval()
+    labels = balanced_labels(n, num_classes) if conditional else None
+    out = []
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        z = torch.randn(m, z_dim, generator=generator).to(device)
+        y = None if labels is None else labels[i:i + m].to(device)
+        out.append((G(z, y) if conditional else G(z)).cpu())
+    return (torch.cat(out) if out else torch.empty(0)), labels
+
+
+class Evaluator:
+    """Metrics of generated images against the balanced test split. ``real_images``: float [N, C, H, W] in
+    [−1, 1] (the balanced test split); ``annotator``: a classifier with ``features``."""
+
+    def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu"):
+        if fid not in FID_MODES:
+            raise ValueError(f"Evaluator: fid must be one of {FID_MODES}, got {fid!r}")
+        if int(n) < 2:
+            raise ValueError(f"Evaluator: n must be >= 2 generated images, got {n}")
+        if real_images.shape[0] < 2:
+            raise ValueError(f"Evaluator: the real split needs >= 2 images, got {real_images.shape[0]}")
+        self.annotator = annotator.eval()
+        self.real_images, self.num_classes = real_images, int(num_classes)
+        self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
+        self._real, self._real_inception, self._inception = None, None, None
+
+    @classmethod
+    def for_dataset_config(cls, annotator, dataset_config, num_classes, **kw):
+        return cls(annotator, balanced_test_split(dataset_config).float_images(), num_classes, **kw)
+
+    def real_stats(self):
+        if self._real is None:
+            self._real = FeatureStats(batched(ClassifierFeatures(self.annotator), self.real_images))
+        return self._real
+
+    def _inception_features(self):
+        from ..metrics import InceptionFeatures, inception_available
+        if self.fid == "annotator" or (self.fid == "auto" and not inception_available()):
+            return None
+        if self._inception is None:
+            self._inception = InceptionFeatures(device=self.device)
+            self._real_inception = FeatureStats(batched(self._inception, self.real_images, 100))
+        return self._inception
+
+    @torch.no_grad()
+    def metrics(self, fakes, labels=None):
+        pred = annotate(self.annotator, fakes)
+        hist = class_histogram(pred, self.num_classes)
+        fd = frechet_distance(FeatureStats(batched(ClassifierFeatures(self.annotator), fakes)), self.real_stats())
+        res = {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist(),
+               "n": int(fakes.shape[0])}
+        if labels is not None:
+            res["label_accuracy"] = float((pred == labels).double().mean())
+        inc = self._inception_features()
+        if inc is not None:
+            res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), self._real_inception)
+        return res
+
+    def __call__(self, G, *, z_dim, conditional=False, n=None, seed=None):
+        g = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
+        fakes, labels = generate(G, self.n if n is None else int(n), z_dim=z_dim, num_classes=self.num_classes,
+                                 conditional=conditional, generator=g, device=self.device)
+        return self.metrics(fakes, labels)

@@ -1,0 +1,77 @@
+"""What a GAN method is to the shared loop, and the registry of methods by name.
+
+A method builds G and D for the data, samples the conditioning of fakes, and computes the discriminator and
+generator losses from a real batch and a fake batch. The loop (``cbgan_ext.train.gan.GANTrainer``) owns
+everything else: data, noise, optimizers, EMA, the CB regularizer (an option any method can switch on),
+evaluation, checkpoints. Register a subclass with ``@register`` and add its module to ``methods/__init__``.
+"""
+import torch
+
+from ...models import build_gan
+from .. import losses
+
+_REGISTRY = {}  # name -> Method subclass, in registration order
+
+
+def register(cls):
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"methods.register: {cls.__name__} needs a unique name, got {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names():
+    return tuple(_REGISTRY)
+
+
+def get_method(name):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+class Method:
+    name = None           # the CLI's --method value
+    title = ""            # one line for help texts and the README table
+    paper = ""            # where it comes from
+    conditional = False   # G(z, y) with y drawn by sample_labels
+    d_head = "scalar"     # see cbgan_ext.models.gan.D_HEADS
+    loss = "relativistic"  # a key of losses.ADVERSARIAL
+    cb_regularizer = False  # the CB regularizer on the fakes by default (needs the classifier in the loop)
+    in_main_job = False   # trained by `cbgan-ext demo`
+
+    def __init__(self, num_classes):
+        self.num_classes = int(num_classes)
+        self.d_loss_fn, self.g_loss_fn = losses.ADVERSARIAL[self.loss]
+
+    def build(self, arch, *, channels, image_size, width, z_dim):
+        needs_k = self.conditional or self.d_head != "scalar"
+        return build_gan(arch, channels=channels, image_size=image_size, width=width, z_dim=z_dim,
+                         num_classes=self.num_classes if needs_k else 0, conditional_g=self.conditional,
+                         d_head=self.d_head)
+
+    def sample_labels(self, n, generator, device):
+        """Labels of the fakes (conditional methods): uniform over the classes."""
+        if not self.conditional:
+            return None
+        return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+
+    def discriminate(self, D, x, y):
+        return D(x, y) if self.d_head != "scalar" else D(x)
+
+    def d_loss(self, D, real, real_labels, fake, fake_labels):
+        """(loss, metrics) of the discriminator step; ``fake`` is detached."""
+        loss = self.d_loss_fn(self.discriminate(D, real, real_labels), self.discriminate(D, fake, fake_labels))
+        return loss, {}
+
+    def g_loss(self, D, real, real_labels, fake, fake_labels):
+        """(loss, metrics) of the generator step, before the optional CB regularizer."""
+        d_real = None
+        if self.loss == "relativistic":  # the relativistic G loss pairs fakes with real logits (held constant)
+            with torch.no_grad():
+                d_real = self.discriminate(D, real, real_labels)
+        return self.g_loss_fn(self.discriminate(D, fake, fake_labels), d_real), {}
+
+    def state(self):
+        """Objects with state_dict/load_state_dict the loop checkpoints (e.g. class Gaussians)."""
+        return {}

@@ -1,0 +1,105 @@
+"""The GAN trainer's settings: one table of defaults, help texts and checks, read by the Python API
+(``GANTrainer``), the ``cbgan-ext train`` flags and the main job, so the three cannot disagree.
+
+Defaults are the CBGAN paper's (supplementary Table 6, §1.4.1): Adam lr 2e-4, betas (0.5, 0.999), one D
+step per G step, 100k steps, λ by imbalance ratio (10 / 7.5 / 5 for ρ = 100 / 10 / 1), α = 0.5, a cycle of
+2000 steps, EMA of G with decay 0.9999 from step 20k.
+"""
+import math
+
+
+class Option:
+    def __init__(self, default, help, check=None, type=None, flag=True):
+        self.default, self.help, self.check, self.flag = default, help, check, flag
+        self.choices = getattr(check, "choices", None)
+        self.type = type or (float if isinstance(default, float) else int if isinstance(default, int) else str)
+
+
+def _int(lo=None, hi=None):
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
+            return "an integer"
+        if lo is not None and v < lo:
+            return f"an integer >= {lo}"
+        if hi is not None and v > hi:
+            return f"an integer <= {hi}"
+        return None
+    return check
+
+
+def _float(lo=None, hi=None, lo_open=False, hi_open=False, none_ok=False):
+    def check(v):
+        if v is None and none_ok:
+            return None
+        rng = ("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", " + \
+              ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]")
+        what = f"a finite number in {rng}" + (" or unset" if none_ok else "")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return what
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            return what
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            return what
+        return None
+    return check
+
+
+def _choice(*values):
+    def check(v):
+        return None if v in values else "one of " + ", ".join(map(str, values))
+    check.choices = values
+    return check
+
+
+OPTIONS = {
+    "steps": Option(100000, "generator steps (paper: 100k)", _int(0)),
+    "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan")),
+    "width": Option(1.0, "channel multiplier (1 = the paper's networks)", _float(0, lo_open=True)),
+    "z_dim": Option(128, "latent size", _int(1)),
+    "batch_size": Option(64, "images per D and per G step", _int(1)),
+    "lr": Option(2e-4, "Adam learning rate of G and D", _float(0, lo_open=True)),
+    "beta1": Option(0.5, "Adam beta1", _float(0, 1, hi_open=True)),
+    "beta2": Option(0.999, "Adam beta2", _float(0, 1, hi_open=True)),
+    "cb_reg": Option(None, "add the CB regularizer to the G loss (default: on for cbgan only)", None, type=bool,
+                     flag=False),
+    "lam": Option(None, "CB regularizer weight λ (default: the paper's for the dataset's imbalance)",
+                  _float(0, none_ok=True), type=float),
+    "alpha": Option(0.5, "forgetting factor α of Eq. 5", _float(0, 1)),
+    "beta": Option(None, "β of Eq. 5 (default: 1 for the paper weighting, 1 − α for the official one)",
+                   _float(0, none_ok=True), type=float),
+    "cycle": Option(2000, "steps per cycle between updates of the effective class frequency N̂", _int(1)),
+    "weighting": Option("paper", "CB class weights: the paper's text or the released code's",
+                        _choice("paper", "official")),
+    "ema_decay": Option(0.9999, "EMA decay of the generator", _float(0, 1)),
+    "ema_start": Option(20000, "EMA starts (copies before)", _int(0)),
+    "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", _int(0)),
+    "eval_samples": Option(10000, "generated images per evaluation", _int(2)),
+    "sample_every": Option(2000, "sample grid every N steps; 0: never", _int(0)),
+    "ckpt_every": Option(500, "checkpoint every N steps", _int(1)),
+    "log_every": Option(50, "log training losses every N steps", _int(1)),
+    "max_minutes": Option(None, "stop (with a checkpoint) after this long; resume later",
+                          _float(0, lo_open=True, none_ok=True), type=float),
+    "fid": Option("auto", "Fréchet distance features at evaluation: Inception when present, or the annotator's",
+                  _choice("auto", "inception", "annotator")),
+    "seed": Option(0, "seed of weights, data order and noise", _int(0)),
+}
+
+
+def check_options(values, label=lambda k: k):
+    """ValueError naming the first bad setting: its name (``label(key)``), what is expected, the value."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown settings {unknown}; known: {sorted(OPTIONS)}")
+    for k, v in values.items():
+        check = OPTIONS[k].check
+        what = check(v) if check else None
+        if what:
+            raise ValueError(f"{label(k)}: expected {what}, got {v!r}")
+
+
+def resolve(**given):
+    """The defaults with ``given`` on top, checked."""
+    values = {k: o.default for k, o in OPTIONS.items()}
+    check_options(given)
+    values.update(given)
+    return values
