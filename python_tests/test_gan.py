@@ -475,7 +475,7 @@ def test_cli_one_line_errors_and_debug(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "other settings" in err[0] and str(tmp_path) in err[0]
+    assert len(err) == 1 and "settings differ" in err[0] and str(tmp_path) in err[0]
     with pytest.raises(ConfigMismatchError):
         cli.main(["--debug"] + argv)
 

@@ -10,7 +10,8 @@ Short CPU runs: DRW with a cosine schedule and re-weighting from ~70% of the epo
 Fashion-MNIST-LT (ρ = 100, 32×32): ResNet-32 at width 0.5, 10 epochs, bf16 autocast, one thread reached 85.9%
 balanced test accuracy in ~250 CPU seconds; LDAM-DRW's cosine head lags in so few epochs.
 
-Checkpoints are written atomically (temporary file, then ``os.replace``) at every epoch end, every
+Training runs on the shared ``TrainLoop`` (a step is a batch; resume, the time limit, the JSONL log and
+atomic checkpoints are the GAN trainer's). Checkpoints are written at every epoch end, every
 ``checkpoint_every_s`` seconds within an epoch, and at a time limit. Each epoch's order is drawn from a
 generator seeded by (seed, epoch) and each batch's augmentation from one seeded by (seed, epoch, batch), so a
 resumed run follows the same data as an uninterrupted one.
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 from ..data import ImageDataset, dataset_from_config, get_dataset
 from ..models.classifier import CifarResNet, load_classifier
 from ..nn.long_tail_losses import LOSSES, LongTailLoss
+from . import checkpoint as ckpt
 from .checkpoint import save_atomic
+from .loop import TrainLoop
 
 CHECKPOINT_FORMAT = "cbgan_ext.classifier/1"
 LR_SCHEDULES = ("step", "cosine", "constant")
@@ -164,6 +167,161 @@ def _log_epoch(log, rec, classes):
         f"{rec['train_cpu_s']:.0f}s CPU) | {per}")
 
 
+class ClassifierTrainer(TrainLoop):
+    """The classifier on the shared loop: a step is one batch, an epoch end evaluates and logs; checkpoints at
+    every epoch end, every ``checkpoint_every_s`` seconds and at the time limit, in the classifier checkpoint
+    format (``load_classifier``) at the path ``out``, with its JSONL log at ``<out>.metrics.jsonl``."""
+
+    resume_may_change = ()
+
+    def __init__(self, out, cfg, *, overwrite=False, progress=True, log=None):
+        self.cfg, self.log = cfg, log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.overwrite = overwrite
+        device = torch.device(cfg["device"])
+        t0 = time.time()
+        self.train_set = get_dataset(cfg["dataset"], "train", root=cfg["root"], image_size=cfg["image_size"],
+                                     imbalance_ratio=cfg["imbalance_ratio"], profile=cfg["profile"],
+                                     seed=cfg["seed"], n_max=cfg["n_max"], download=cfg["download"])
+        self.test_set = get_dataset(cfg["dataset"], "test", root=cfg["root"], image_size=cfg["image_size"],
+                                    download=cfg["download"])
+        self.log(f"train: {self.train_set!r}\ntest: {self.test_set!r} (loaded in {time.time() - t0:.1f}s)")
+        if self.test_set.image_shape != self.train_set.image_shape:
+            raise ValueError(f"train_classifier: train/test shapes differ {self.train_set.image_shape} "
+                             f"{self.test_set.image_shape}")
+        self.n_batches = math.ceil(len(self.train_set) / cfg["batch_size"])
+        steps = math.ceil(float(cfg["epochs"]) * self.n_batches - 1e-9)
+        folder = os.path.dirname(os.path.abspath(out))
+        super().__init__(folder, steps, seed=cfg["seed"], device=device, log_every=10 ** 9, sample_every=0,
+                         eval_every=0, ckpt_every=10 ** 12, progress=progress, max_minutes=cfg["max_minutes"],
+                         ckpt_every_s=cfg["checkpoint_every_s"] or None, steps_per_epoch=self.n_batches,
+                         ckpt_path=out, log_path=out + ".metrics.jsonl", config_path=None, tensorboard=False)
+        K = self.train_set.num_classes
+        torch.manual_seed(cfg["seed"])
+        self.model = CifarResNet(K, self.train_set.image_shape[0], cfg["depth"], cfg["width"],
+                                 normed_linear=(cfg["loss"] == "ldam-drw")).to(device)
+        if cfg["channels_last"]:  # ~1.5x faster convolutions on CPU (oneDNN), no loss on GPU
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = AMP_DTYPES[cfg["amp"]]
+        self.criterion = LongTailLoss(cfg["loss"], self.train_set.class_counts, drw_epoch=cfg["drw_epoch"]).to(device)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                   weight_decay=cfg["weight_decay"])
+        self.modules, self.optimizers = {"model": self.model}, {"model": self.opt}
+        self.config = {k: cfg[k] for k in _RESUME_KEYS}
+        self.state = dict(epoch=0, step=0, train_time_s=0.0, train_cpu_s=0.0, history=[], loss_sum=0.0, correct=0,
+                          seen=0)
+        # running sums stay on the device: reading them every step would synchronise a GPU
+        self._loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+        self._correct_acc = torch.zeros((), dtype=torch.int64, device=device)
+        self._order, self._order_epoch, self._lr = None, None, None
+        self._mark = (time.time(), time.process_time())
+
+    # ---- bookkeeping ----------------------------------------------------------------------------------
+    def _account_time(self):
+        now, cpu = time.time(), time.process_time()
+        self.state["train_time_s"] += now - self._mark[0]
+        self.state["train_cpu_s"] += cpu - self._mark[1]
+        self._mark = (now, cpu)
+
+    def _flush_sums(self):
+        self.state["loss_sum"] += float(self._loss_acc)
+        self.state["correct"] += int(self._correct_acc)
+        self._loss_acc.zero_()
+        self._correct_acc.zero_()
+
+    def checkpoint(self, with_weights=True):
+        last = self.state["history"][-1] if self.state["history"] else {}
+        ts = self.train_set
+        d = dict(format=CHECKPOINT_FORMAT, model_config=self.model.config, train_config=self.cfg, dataset=ts.config,
+                 test_dataset=self.test_set.config, classes=list(ts.classes), class_counts=ts.class_counts,
+                 loss=self.cfg["loss"], imbalance_ratio=self.cfg["imbalance_ratio"], accuracy=last.get("accuracy"),
+                 balanced_accuracy=last.get("balanced_accuracy"), per_class_accuracy=last.get("per_class_accuracy"),
+                 finished=self.step >= self.steps, torch_version=torch.__version__, global_step=self.step,
+                 config=self.config, **self.state)
+        if with_weights:
+            d.update(model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                     optimizer=self.opt.state_dict(), rng=ckpt.rng_state(), best=None)
+        return d
+
+    def state_dict(self):
+        self._account_time()
+        self._flush_sums()
+        return self.checkpoint()
+
+    def load_state_dict(self, state):
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"train_classifier: {self.ckpt_path} is not a classifier checkpoint "
+                             f"({state.get('format')!r})")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.state.update({k: state.get(k, v) for k, v in self.state.items()})
+        self.step = state.get("global_step", state["epoch"] * self.n_batches + state["step"])
+        self.log(f"resumed {self.ckpt_path} at epoch {self.state['epoch']} batch {self.state['step']} "
+                 f"({self.state['train_time_s']:.0f}s trained before)")
+
+    def saved_config(self, state):
+        return state.get("config") or {k: state.get("train_config", {}).get(k) for k in _RESUME_KEYS}
+
+    def try_resume(self):
+        if self.overwrite:
+            self._truncate_log(0)
+            return False
+        return super().try_resume()
+
+    # ---- the step and the epoch -----------------------------------------------------------------------
+    def train_step(self, step):
+        cfg, ts = self.cfg, self.train_set
+        epoch, i = divmod(step, self.n_batches)
+        if self._order_epoch != epoch:
+            self._order = torch.randperm(len(ts), generator=_generator(cfg["seed"], epoch))
+            self._order_epoch = epoch
+        progress_ep = epoch + i / self.n_batches
+        self._lr = learning_rate(cfg["lr"], progress_ep, cfg["epochs"], cfg["lr_schedule"], cfg["warmup_epochs"])
+        for g in self.opt.param_groups:
+            g["lr"] = self._lr
+        self.criterion.set_epoch(progress_ep)
+        idx = self._order[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
+        x = ts.float_images_at(idx, self.device)
+        y = ts.labels[idx].to(self.device)
+        x = augment_batch(x, cfg["augment"], _generator(cfg["seed"], epoch, i))
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
+                            enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+        logits = logits.float()
+        loss = self.criterion(logits, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self._loss_acc += loss.detach().double() * len(idx)
+        self._correct_acc += (logits.detach().argmax(1) == y).sum()
+        self.state["seen"] += len(idx)
+        self.state["step"] = i + 1
+        return {}
+
+    def on_epoch_end(self, epoch):
+        self._account_time()
+        self._flush_sums()
+        st, cfg = self.state, self.cfg
+        st["epoch"] = epoch + 1
+        done = self.step >= self.steps
+        rec = dict(epoch=min(float(st["epoch"]), float(cfg["epochs"])),
+                   train_loss=st["loss_sum"] / max(1, st["seen"]), train_accuracy=st["correct"] / max(1, st["seen"]),
+                   lr=self._lr, train_time_s=st["train_time_s"], train_cpu_s=st["train_cpu_s"])
+        if done or (cfg["eval_every"] and st["epoch"] % cfg["eval_every"] == 0):
+            t_eval = time.time()
+            rec.update(evaluate(self.model, self.test_set, cfg["eval_batch_size"], self.device, cfg["amp"],
+                                cfg["channels_last"]))
+            rec["eval_time_s"] = time.time() - t_eval
+            _log_epoch(self.log, rec, self.train_set.classes)
+        else:
+            self.log(f"epoch {rec['epoch']:g}: train loss {rec['train_loss']:.4f} ({rec['train_time_s']:.0f}s train)")
+        st["history"].append(rec)
+        st.update(step=0, loss_sum=0.0, correct=0, seen=0)
+        self._mark = (time.time(), time.process_time())  # evaluation time is not training time
+        return rec
+
+
 def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=None, threads=None, **kwargs):
     """Trains a CifarResNet on a (long-tailed) dataset; writes and returns the checkpoint dict (sans weights).
 
@@ -174,163 +332,23 @@ def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=N
     if threads:
         torch.set_num_threads(int(threads))
     cfg = _default_config(**kwargs)
-    device = torch.device(cfg["device"])
-
-    ckpt = None
     if os.path.exists(out):
         if resume:
-            ckpt = torch.load(out, map_location="cpu", weights_only=False)
-            if ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"train_classifier: {out} is not a classifier checkpoint ({ckpt.get('format')!r})")
-            old = ckpt["train_config"]
-            diff = {k: (old.get(k), cfg[k]) for k in _RESUME_KEYS if old.get(k) != cfg[k]}
-            if diff:
-                raise ValueError(f"train_classifier: cannot resume {out}: settings differ (checkpoint, now): {diff}")
-            if old["epochs"] != cfg["epochs"]:
-                log(f"resume: epochs {old['epochs']} -> {cfg['epochs']} (the lr/DRW schedule follows the new value)")
+            old = ckpt.load(out)
+            if old.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"train_classifier: {out} is not a classifier checkpoint ({old.get('format')!r})")
+            if old["train_config"]["epochs"] != cfg["epochs"]:
+                log(f"resume: epochs {old['train_config']['epochs']} -> {cfg['epochs']} (the lr/DRW schedule "
+                    "follows the new value)")
         elif not overwrite:
             raise FileExistsError(f"train_classifier: {out} exists; pass resume=True (--resume) to continue it or "
                                   f"overwrite=True (--overwrite) to start again")
-
-    t0 = time.time()
-    train_set = get_dataset(cfg["dataset"], "train", root=cfg["root"], image_size=cfg["image_size"],
-                            imbalance_ratio=cfg["imbalance_ratio"], profile=cfg["profile"], seed=cfg["seed"],
-                            n_max=cfg["n_max"], download=cfg["download"])
-    test_set = get_dataset(cfg["dataset"], "test", root=cfg["root"], image_size=cfg["image_size"],
-                           download=cfg["download"])
-    log(f"train: {train_set!r}\ntest: {test_set!r} (loaded in {time.time() - t0:.1f}s)")
-    if test_set.image_shape != train_set.image_shape:
-        raise ValueError(f"train_classifier: train/test shapes differ {train_set.image_shape} {test_set.image_shape}")
-    K = train_set.num_classes
-
-    torch.manual_seed(cfg["seed"])
-    model = CifarResNet(K, train_set.image_shape[0], cfg["depth"], cfg["width"],
-                        normed_linear=(cfg["loss"] == "ldam-drw")).to(device)
-    if cfg["channels_last"]:  # ~1.5x faster convolutions on CPU (oneDNN), no loss on GPU
-        model = model.to(memory_format=torch.channels_last)
-    amp_dtype = AMP_DTYPES[cfg["amp"]]
-    criterion = LongTailLoss(cfg["loss"], train_set.class_counts, drw_epoch=cfg["drw_epoch"]).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                          weight_decay=cfg["weight_decay"])
-    state = dict(epoch=0, step=0, train_time_s=0.0, train_cpu_s=0.0, history=[], loss_sum=0.0, correct=0, seen=0)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state.update({k: ckpt.get(k, v) for k, v in state.items()})
-        log(f"resumed {out} at epoch {state['epoch']} batch {state['step']} "
-            f"({state['train_time_s']:.0f}s trained before)")
-
-    def make_ckpt(finished):
-        last = state["history"][-1] if state["history"] else {}
-        return dict(format=CHECKPOINT_FORMAT, model_config=model.config,
-                    model={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    optimizer=opt.state_dict(), train_config=cfg, dataset=train_set.config,
-                    test_dataset=test_set.config, classes=list(train_set.classes),
-                    class_counts=train_set.class_counts, loss=cfg["loss"], imbalance_ratio=cfg["imbalance_ratio"],
-                    accuracy=last.get("accuracy"), balanced_accuracy=last.get("balanced_accuracy"),
-                    per_class_accuracy=last.get("per_class_accuracy"), finished=finished,
-                    torch_version=torch.__version__, **state)
-
-    n = len(train_set)
-    n_batches = math.ceil(n / cfg["batch_size"])
-    E = int(math.ceil(cfg["epochs"]))
-    deadline = None if not cfg["max_minutes"] else time.time() + 60.0 * cfg["max_minutes"]
-    last_save = time.time()
-    model.train()
-    stopped = False
-    lr = None
-    # running sums stay on the device: reading them every step would synchronise a GPU
-    loss_acc = torch.zeros((), dtype=torch.float64, device=device)
-    correct_acc = torch.zeros((), dtype=torch.int64, device=device)
-
-    def flush_sums():
-        state["loss_sum"] += float(loss_acc)
-        state["correct"] += int(correct_acc)
-        loss_acc.zero_()
-        correct_acc.zero_()
-
-    while state["epoch"] < E and not stopped:
-        epoch = state["epoch"]
-        order = torch.randperm(n, generator=_generator(cfg["seed"], epoch))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=n_batches, initial=state["step"], desc=f"epoch {epoch + 1}/{E}", leave=False,
-                       dynamic_ncols=True, file=sys.stderr)
-        t_epoch, c_epoch = time.time(), time.process_time()
-        for i in range(state["step"], n_batches):
-            progress_ep = epoch + i / n_batches
-            if progress_ep >= cfg["epochs"]:
-                break
-            lr = learning_rate(cfg["lr"], progress_ep, cfg["epochs"], cfg["lr_schedule"], cfg["warmup_epochs"])
-            for g in opt.param_groups:
-                g["lr"] = lr
-            criterion.set_epoch(progress_ep)
-            idx = order[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
-            x = train_set.float_images_at(idx, device)
-            y = train_set.labels[idx].to(device)
-            x = augment_batch(x, cfg["augment"], _generator(cfg["seed"], epoch, i))
-            if cfg["channels_last"]:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                logits = model(x)
-            logits = logits.float()
-            loss = criterion(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_acc += loss.detach().double() * len(idx)
-            correct_acc += (logits.detach().argmax(1) == y).sum()
-            state["seen"] += len(idx)
-            state["step"] = i + 1
-            if bar is not None:
-                if i % 10 == 0 or i + 1 == n_batches:
-                    flush_sums()
-                    bar.set_postfix(loss=f"{state['loss_sum'] / state['seen']:.3f}", lr=f"{lr:.3g}",
-                                    drw=criterion.reweighting, refresh=False)
-                bar.update(1)
-            now = time.time()
-            if deadline is not None and now >= deadline:
-                stopped = True
-                break
-            if cfg["checkpoint_every_s"] and now - last_save >= cfg["checkpoint_every_s"] and i + 1 < n_batches:
-                state["train_time_s"] += now - t_epoch
-                state["train_cpu_s"] += time.process_time() - c_epoch
-                t_epoch, c_epoch = now, time.process_time()
-                flush_sums()
-                atomic_save(make_ckpt(False), out)
-                last_save = time.time()
-        if bar is not None:
-            bar.close()
-        state["train_time_s"] += time.time() - t_epoch
-        state["train_cpu_s"] += time.process_time() - c_epoch
-        flush_sums()
-        if stopped:
-            atomic_save(make_ckpt(False), out)
-            log(f"stopped at the time limit ({cfg['max_minutes']} min) in epoch {epoch + 1} batch {state['step']}; "
-                f"checkpoint {out} (continue with --resume)")
-            break
-        state["epoch"] = epoch + 1
-        done = state["epoch"] >= E
-        rec = dict(epoch=min(float(state["epoch"]), float(cfg["epochs"])),
-                   train_loss=state["loss_sum"] / max(1, state["seen"]),
-                   train_accuracy=state["correct"] / max(1, state["seen"]), lr=lr,
-                   train_time_s=state["train_time_s"], train_cpu_s=state["train_cpu_s"])
-        if done or (cfg["eval_every"] and state["epoch"] % cfg["eval_every"] == 0):
-            t_eval = time.time()
-            rec.update(evaluate(model, test_set, cfg["eval_batch_size"], device, cfg["amp"], cfg["channels_last"]))
-            rec["eval_time_s"] = time.time() - t_eval
-            _log_epoch(log, rec, train_set.classes)
-        else:
-            log(f"epoch {rec['epoch']:g}: train loss {rec['train_loss']:.4f} ({rec['train_time_s']:.0f}s train)")
-        state["history"].append(rec)
-        state.update(step=0, loss_sum=0.0, correct=0, seen=0)
-        atomic_save(make_ckpt(done), out)
-        last_save = time.time()
-    result = make_ckpt(state["epoch"] >= E)
-    result.pop("model")
-    result.pop("optimizer")
-    return result
+    trainer = ClassifierTrainer(out, cfg, overwrite=overwrite or not resume, progress=progress, log=log)
+    trainer.run()
+    if trainer.stopped_early:
+        log(f"stopped at the time limit ({cfg['max_minutes']} min) in epoch {trainer.state['epoch'] + 1} batch "
+            f"{trainer.state['step']}; checkpoint {out} (continue with --resume)")
+    return trainer.checkpoint(with_weights=False)
 
 
 # ------------------------------------------------------------------------------------------------ soft labels

@@ -66,8 +66,13 @@ class TrainLoop:
     resume_may_change = ("steps", "annotator", "max_minutes")
 
     def __init__(self, out, steps, *, seed=0, log_every=50, sample_every=500, eval_every=1000,
-                 ckpt_every=500, select="min", select_key=None, progress=True, device="cpu", max_minutes=None):
+                 ckpt_every=500, select="min", select_key=None, progress=True, device="cpu", max_minutes=None,
+                 ckpt_every_s=None, steps_per_epoch=None, ckpt_path=None, log_path=None,
+                 config_path="config.json", tensorboard=True):
         self.out, self.steps, self.seed = out, int(steps), int(seed)
+        self.ckpt_every_s, self.steps_per_epoch = ckpt_every_s, steps_per_epoch
+        self.config_path = None if config_path is None else os.path.join(out, config_path)
+        self.tensorboard = tensorboard
         self.log_every, self.sample_every = int(log_every), int(sample_every)
         self.eval_every, self.ckpt_every = int(eval_every), int(ckpt_every)
         self.select, self.select_key = select, select_key
@@ -80,9 +85,9 @@ class TrainLoop:
         self.config = {}
         self.stopped_early = False
         os.makedirs(out, exist_ok=True)
-        self.ckpt_path = os.path.join(out, "checkpoint.pt")
+        self.ckpt_path = ckpt_path or os.path.join(out, "checkpoint.pt")
         self.best_path = os.path.join(out, "best.pt")
-        self.log_path = os.path.join(out, "metrics.jsonl")
+        self.log_path = log_path or os.path.join(out, "metrics.jsonl")
         self._tb = None
 
     # ---- to be provided by subclasses -------------------------------------------------------------
@@ -94,6 +99,11 @@ class TrainLoop:
 
     def sample_grid(self, path):
         pass
+
+    def on_epoch_end(self, epoch):
+        """With ``steps_per_epoch``: called after the last step of each epoch (and after the final step);
+        returns metrics to log (event "epoch"), before that step's checkpoint is written."""
+        return {}
 
     # ---- state --------------------------------------------------------------------------------------
     def state_dict(self):
@@ -123,23 +133,27 @@ class TrainLoop:
     def save(self, path=None):
         ckpt.save_atomic(self.state_dict(), path or self.ckpt_path)
 
+    def saved_config(self, state):
+        return state.get("config")
+
     def check_config(self, saved, source):
         """Raise ConfigMismatchError naming every key whose value differs between ``saved`` and this run."""
         old, new = _canonical(saved or {}), _canonical(self.config)
         diff = sorted(k for k in set(old) | set(new) if k not in self.resume_may_change and old.get(k) != new.get(k))
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
-            raise ConfigMismatchError(f"{source} holds a run with other settings ({what}); use another --out, "
+            raise ConfigMismatchError(f"{source} holds a run whose settings differ ({what}); use another --out, "
                                       "or the same settings to resume it")
 
     def try_resume(self):
-        for tmp in glob.glob(os.path.join(self.out, ".tmp-*.pt")):  # a kill during a checkpoint write
+        for tmp in glob.glob(os.path.join(os.path.dirname(os.path.abspath(self.ckpt_path)), ".tmp-*.pt")):
+            # left by a kill during a checkpoint write
             os.unlink(tmp)
         if not os.path.exists(self.ckpt_path):
             self._truncate_log(0)
             return False
         state = ckpt.load(self.ckpt_path, map_location=self.device)
-        self.check_config(state.get("config"), self.ckpt_path)
+        self.check_config(self.saved_config(state), self.ckpt_path)
         self.load_state_dict(state)
         self._truncate_log(self.step)
         self._log({"event": "resumed", "step": self.step})
@@ -174,6 +188,8 @@ class TrainLoop:
                     self._tb.add_scalar(k, v, record.get("step", self.step))
 
     def _open_tensorboard(self):
+        if not self.tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
             self._tb = SummaryWriter(os.path.join(self.out, "tb"))
@@ -196,31 +212,40 @@ class TrainLoop:
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self):
-        if not self.try_resume():
-            config_path = os.path.join(self.out, "config.json")
-            with open(config_path + ".tmp", "w") as f:
+        if not self.try_resume() and self.config_path:
+            with open(self.config_path + ".tmp", "w") as f:
                 json.dump(_json_safe(_canonical(self.config)), f, indent=1)
-            os.replace(config_path + ".tmp", config_path)
+            os.replace(self.config_path + ".tmp", self.config_path)
         self._open_tensorboard()
         deadline = None if not self.max_minutes else time.time() + 60.0 * float(self.max_minutes)
+        last_save = time.time()
         bar = tqdm(total=self.steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
-                   desc=os.path.basename(os.path.normpath(self.out)))
+                   desc=os.path.basename(os.path.normpath(self.ckpt_path if self.config_path is None else self.out)))
         while self.step < self.steps:
             for m in self.modules.values():
                 m.train()
             metrics = self.train_step(self.step)
             self.step += 1
             bar.update(1)
-            if self.step % self.log_every == 0 or self.step == self.steps:
+            if metrics and (self.step % self.log_every == 0 or self.step == self.steps):
                 self._log({"event": "train", "step": self.step, **metrics})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)})
+            spe = self.steps_per_epoch
+            epoch_end = bool(spe) and (self.step % spe == 0 or self.step == self.steps)
+            if epoch_end:
+                record = self.on_epoch_end((self.step - 1) // spe)
+                if record:
+                    self._log({"event": "epoch", "step": self.step, **record})
             if self.sample_every and (self.step % self.sample_every == 0 or self.step == self.steps):
                 self.sample_grid(os.path.join(self.out, f"samples_{self.step:07d}.png"))
             if self.eval_every and (self.step % self.eval_every == 0 or self.step == self.steps):
                 self.run_evaluation()
-            out_of_time = deadline is not None and time.time() >= deadline and self.step < self.steps
-            if self.step % self.ckpt_every == 0 or self.step == self.steps or out_of_time:
+            now = time.time()
+            out_of_time = deadline is not None and now >= deadline and self.step < self.steps
+            due = self.ckpt_every_s and now - last_save >= self.ckpt_every_s
+            if self.step % self.ckpt_every == 0 or self.step == self.steps or out_of_time or due or epoch_end:
                 self.save()
+                last_save = time.time()
             if out_of_time:
                 self.stopped_early = True
                 self._log({"event": "time-limit", "step": self.step, "max_minutes": self.max_minutes})
