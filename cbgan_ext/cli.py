@@ -329,14 +329,18 @@ def _configure_demo(p):
     p.add_argument("--out", default="runs/demo", help="output directory (the run resumes when it exists)")
     p.add_argument("--preset", default="default", choices=tuple(PRESETS),
                    help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
-    p.add_argument("--steps", type=int, default=None, help="GAN steps per method (default: the preset's)")
-    p.add_argument("--classifier-epochs", type=float, default=None, help="default: the preset's")
-    p.add_argument("--annotator-epochs", type=float, default=None, help="default: the preset's")
-    p.add_argument("--gan-width", type=float, default=None, help="default: the preset's")
-    p.add_argument("--final-samples", type=int, default=None, help="default: the preset's")
-    p.add_argument("--weighting", default=None, choices=("paper", "official"), help="CB weighting (default: the "
-                   "preset's)")
-    p.add_argument("--lam", type=float, default=None, help="CB λ (default: the preset's)")
+    d = PRESETS["default"]
+
+    def default(value):
+        return f"(default: the preset's; {value} in the default preset)"
+    p.add_argument("--steps", type=int, default=None, help="GAN steps per method " + default(d["gan"]["steps"]))
+    p.add_argument("--classifier-epochs", type=float, default=None, help=default(d["classifier"]["epochs"]))
+    p.add_argument("--annotator-epochs", type=float, default=None, help=default(d["annotator"]["epochs"]))
+    p.add_argument("--gan-width", type=float, default=None, help=default(d["gan"]["width"]))
+    p.add_argument("--final-samples", type=int, default=None, help=default(d["final_samples"]))
+    p.add_argument("--weighting", default=None, choices=("paper", "official"),
+                   help="CB weighting " + default(d["gan"]["weighting"]))
+    p.add_argument("--lam", type=float, default=None, help="CB λ " + default(d["gan"]["lam"]))
     p.add_argument("--methods", default=None, help="comma-separated methods (default: those of the main job)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "

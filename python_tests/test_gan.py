@@ -491,8 +491,9 @@ def test_cli_defaults_and_choices_come_from_one_source():
     for name in method_names():
         assert name in text
     assert "BAGAN" not in text and "(CBGAN, Softlabel-GAN, BAGAN)" not in text  # only what exists
+    from cbgan_ext.pipeline import PRESETS
     demo = {a.dest: a for a in sub["demo"]._actions}
-    assert "10" not in demo["lam"].help
+    assert f"{PRESETS['default']['gan']['lam']} in the default preset" in demo["lam"].help
 
 
 def test_readme_methods_table_is_the_registrys():
@@ -507,3 +508,21 @@ def test_evaluator_checks_and_balanced_conditional_generation():
     G, _ = build_gan("sndcgan", channels=1, width=0.125, z_dim=8, num_classes=4, d_head="projection")
     res = Evaluator(ann, EVAL_IMAGES, 4, n=10, fid="annotator")(G, z_dim=8, conditional=True)
     assert res["n"] == 10 and sum(res["histogram"]) == 10 and "label_accuracy" in res and "fid" not in res
+
+
+def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(tmp_path, capsys):
+    from cbgan_ext.train import train_classifier
+    ann = str(tmp_path / "ann.pt")
+    train_classifier(ann, progress=False, log=lambda s: None, dataset="digits", image_size=32, depth=8, width=0.25,
+                     epochs=1, augment="none", batch_size=64, eval_every=0)
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "digits", "--image-size", "32", "--profile", "lognormal", "--n-max", "400",
+            "--imbalance", "10", "--method", "gan", "--out", str(run), "--steps", "2", "--width", "0.125",
+            "--batch-size", "8", "--annotator", ann, "--eval-every", "2", "--eval-samples", "20", "--no-progress"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--run", str(run), "--n", "30", "--fid", "annotator"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert sum(res["histogram"]) == 30 and res["fd_name"] == "FD-annotator" and res["step"] == 2
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["dataset"]["profile"] == "lognormal"
