@@ -259,7 +259,6 @@ def write_summary(out, per_seed):
     for name in ("classifier", "annotator"):
         rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
                                                    for s in seeds]))
-    rows.append(("minutes", [per_seed[s]["minutes"] for s in seeds]))
     lines = [f"# Main job over seeds {', '.join(map(str, seeds))} (preset {first['config']['preset']})", "",
              "| quantity | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | min – max |",
              "| --- |" + " --- |" * (len(seeds) + 3)]

@@ -21,6 +21,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and the test machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def at_one_and_many_threads(run):
     """(run() with 1 thread, run() with ≥ 2 threads): the fused kernels must not depend on the thread count."""
     n = torch.get_num_threads()

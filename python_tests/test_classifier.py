@@ -22,13 +22,7 @@ TINY = dict(dataset="digits", depth=8, width=0.5, augment="none", batch_size=64,
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny models here gain nothing from threads, and the test machine is shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ model

@@ -6,19 +6,13 @@ import os
 import re
 
 import pytest
-import torch
 
 from cbgan_ext import cli, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_main_job_tiny_preset_end_to_end(tmp_path, capsys):
