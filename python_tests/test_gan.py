@@ -499,6 +499,12 @@ def test_evaluator_checks_and_balanced_conditional_generation():
     G, _ = build_gan("sndcgan", channels=1, width=0.125, z_dim=8, num_classes=4, d_head="projection")
     res = Evaluator(ann, EVAL_IMAGES, 4, n=10, fid="annotator")(G, z_dim=8, conditional=True)
     assert res["n"] == 10 and sum(res["histogram"]) == 10 and "label_accuracy" in res and "fid" not in res
+    assert 1 / 4 <= res["confidence"] <= 1 and 1 / 4 <= res["real_confidence"] <= 1  # a top-class probability
+    from cbgan_ext.train.evaluate import annotate
+    with torch.no_grad():
+        p = torch.softmax(ann(EVAL_IMAGES), 1)
+    assert res["real_confidence"] == pytest.approx(float(p.max(1).values.double().mean()), rel=1e-5)
+    assert torch.equal(annotate(ann, EVAL_IMAGES)[0], p.argmax(1))
 
 
 def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(tmp_path, capsys):

@@ -7,7 +7,10 @@ whose feature statistics it computes once and caches. Metrics:
 * ``histogram``, ``kl``: the annotator's class histogram of the fakes and its KL to uniform (CBGAN);
 * ``fd`` (named by ``fd_name``): Fréchet distance on the annotator's penultimate features (FD-annotator);
 * ``fid``: clean-fid's FID when its Inception weights are present (``fid="auto"``) or asked for;
-* ``label_accuracy`` (conditional runs): how often the annotator agrees with the class asked for.
+* ``label_accuracy`` (conditional runs): how often the annotator agrees with the class asked for;
+* ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
+  test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
+  and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
 """
 import numpy as np
 import torch
@@ -29,8 +32,10 @@ def batched(fn, images, batch=500):
 
 @torch.no_grad()
 def annotate(annotator, images, batch=500):
+    """(argmax labels, max softmax probability) of the annotator, on the CPU."""
     dev = next(annotator.parameters()).device
-    return torch.cat([annotator(images[i:i + batch].to(dev)).argmax(1).cpu() for i in range(0, len(images), batch)])
+    probs = [torch.softmax(annotator(images[i:i + batch].to(dev)).float(), 1).max(1) for i in range(0, len(images), batch)]
+    return torch.cat([p.indices.cpu() for p in probs]), torch.cat([p.values.cpu() for p in probs])
 
 
 def balanced_labels(n, num_classes):
@@ -67,7 +72,7 @@ class Evaluator:
         self.annotator = annotator.eval()
         self.real_images, self.num_classes = real_images, int(num_classes)
         self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
-        self._real, self._real_inception, self._inception = None, None, None
+        self._real, self._real_inception, self._inception, self._real_conf = None, None, None, None
 
     @classmethod
     def for_dataset_config(cls, annotator, dataset_config, num_classes, **kw):
@@ -89,11 +94,13 @@ class Evaluator:
 
     @torch.no_grad()
     def metrics(self, fakes, labels=None):
-        pred = annotate(self.annotator, fakes)
+        pred, conf = annotate(self.annotator, fakes)
         hist = class_histogram(pred, self.num_classes)
         fd = frechet_distance(FeatureStats(batched(ClassifierFeatures(self.annotator), fakes)), self.real_stats())
+        if self._real_conf is None:
+            self._real_conf = float(annotate(self.annotator, self.real_images)[1].double().mean())
         res = {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist(),
-               "n": int(fakes.shape[0])}
+               "n": int(fakes.shape[0]), "confidence": float(conf.double().mean()), "real_confidence": self._real_conf}
         if labels is not None:
             res["label_accuracy"] = float((pred == labels).double().mean())
         inc = self._inception_features()
