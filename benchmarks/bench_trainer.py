@@ -3,7 +3,7 @@ the trainer before the registry): the registry must cost nothing measurable.
 
 Rows: "fused" = GANTrainer.train_step (method "cbgan"), "eager" = the plain loop, so the summary's ratio is
 plain / registry (1.0 = the same). Both are timed interleaved step by step in one process as well
-("interleaved" row, medians in its extra_info), because two separate rows on a shared machine can drift
+("interleaved" row, medians in its extra_info, the order alternating each round), because two separate rows on a shared machine can drift
 apart by more than the difference being measured. Shapes: SNDCGAN width 0.25 (the main job) on
 Fashion-MNIST-sized images, batch 64, a ResNet-8 classifier in the loop.
 """
@@ -101,13 +101,16 @@ def test_cbgan_step_interleaved(benchmark):
     a, b = registry_step(), plain_step()
     ta, tb = [], []
 
-    def pair():
+    def timed_step(step, times):
         t0 = time.perf_counter()
-        a()
-        t1 = time.perf_counter()
-        b()
-        ta.append(t1 - t0)
-        tb.append(time.perf_counter() - t1)
+        step()
+        times.append(time.perf_counter() - t0)
+
+    def pair():
+        # alternate which runs first, so a position effect (caches, allocator) cancels
+        first = len(ta) % 2 == 0
+        for step, times in ((a, ta), (b, tb)) if first else ((b, tb), (a, ta)):
+            timed_step(step, times)
 
     for _ in range(3):
         pair()
