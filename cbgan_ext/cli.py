@@ -13,6 +13,8 @@ import math
 import os
 import sys
 
+from .train.options import float_check, int_check
+
 _SUBCOMMANDS = {}  # name -> (help, configure, run), in registration order
 
 
@@ -76,18 +78,17 @@ def main(argv=None):
 
 
 def check_args(args, **rules):
-    """Check numeric arguments before any work: rules name -> (kind, lo) with kind "int" or "float" (finite,
-    >= lo) or "float>" (finite, > lo). None values are skipped."""
-    for name, (kind, lo) in rules.items():
+    """Check arguments before any work with the settings table's checks (``int_check``/``float_check`` of
+    ``cbgan_ext.train.options``): rules name -> check. None values (flag not given) are skipped."""
+    for name, check in rules.items():
         v = getattr(args, name)
-        if v is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if kind == "int" and v < lo:
-            raise UsageError(f"{flag}: expected an integer >= {lo}, got {v}")
-        if kind.startswith("float") and (not math.isfinite(v) or v < lo or (kind == "float>" and v == lo)):
-            op = ">" if kind == "float>" else ">="
-            raise UsageError(f"{flag}: expected a finite number {op} {lo:g}, got {v}")
+        what = None if v is None else check(v)
+        if what:
+            raise UsageError(f"{_flag(name)}: expected {what}, got {v!r}")
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
 
 
 # ------------------------------------------------------------------------------------------- shared arguments
@@ -145,10 +146,11 @@ def _configure_train_classifier(p):
             "annotator) on a long-tailed dataset", configure=_configure_train_classifier)
 def _run_train_classifier(args):
     from .train.classifier import train_classifier
-    check_args(args, epochs=("float>", 0), batch_size=("int", 1), lr=("float>", 0), momentum=("float", 0),
-               weight_decay=("float", 0), width=("float>", 0), imbalance=("float", 1), seed=("int", 0),
-               eval_every=("int", 0), checkpoint_every=("float", 0), max_minutes=("float>", 0),
-               warmup_epochs=("float", 0), drw_epoch=("float", 0), threads=("int", 1))
+    positive = float_check(0, lo_open=True)
+    check_args(args, epochs=positive, batch_size=int_check(1), lr=positive, momentum=float_check(0),
+               weight_decay=float_check(0), width=positive, imbalance=float_check(1), seed=int_check(0),
+               eval_every=int_check(0), checkpoint_every=float_check(0), max_minutes=positive,
+               warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1))
     result = train_classifier(
         args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
@@ -170,10 +172,6 @@ def _run_train_classifier(args):
 
 
 # ------------------------------------------------------------------------------------------- GAN: train, eval, sample
-
-def _flag(key):
-    return "--" + key.replace("_", "-")
-
 
 def _configure_train(p):
     from .train.methods import method_names
@@ -212,7 +210,7 @@ def _train_settings(args):
             configure=_configure_train)
 def _run_train(args):
     settings = _train_settings(args)  # every number checked before any work
-    check_args(args, imbalance=("float", 1), threads=("int", 1), n_max=("int", 1), image_size=("int", 1))
+    check_args(args, imbalance=float_check(1), threads=int_check(1), n_max=int_check(1), image_size=int_check(1))
     import torch
     from .data import get_dataset
     from .models.classifier import load_classifier
@@ -248,7 +246,7 @@ def _configure_eval(p):
 @subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
             "FD-annotator (and FID when available)", configure=_configure_eval)
 def _run_eval(args):
-    check_args(args, n=("int", 2), seed=("int", 0))
+    check_args(args, n=int_check(2), seed=int_check(0))
     from .train.gan import evaluate_run
     res = evaluate_run(args.run, checkpoint=args.checkpoint, annotator=args.annotator, n=args.n, fid=args.fid,
                        device=args.device, seed=args.seed)
@@ -269,7 +267,7 @@ def _configure_sample(p):
 
 @subcommand("sample", help="generate images from a trained run (EMA generator)", configure=_configure_sample)
 def _run_sample(args):
-    check_args(args, n=("int", 1), seed=("int", 0))
+    check_args(args, n=int_check(1), seed=int_check(0))
     import torch
     import torchvision
     from .train.evaluate import balanced_labels
@@ -352,9 +350,9 @@ def _configure_demo(p):
             "long-tailed Fashion-MNIST (rho=100), then a report with the metrics side by side",
             configure=_configure_demo)
 def _run_demo(args):
-    check_args(args, steps=("int", 1), classifier_epochs=("float>", 0), annotator_epochs=("float>", 0),
-               gan_width=("float>", 0), final_samples=("int", 2), lam=("float", 0), seed=("int", 0),
-               threads=("int", 1))
+    positive = float_check(0, lo_open=True)
+    check_args(args, steps=int_check(1), classifier_epochs=positive, annotator_epochs=positive, gan_width=positive,
+               final_samples=int_check(2), lam=float_check(0), seed=int_check(0), threads=int_check(1))
     from .train.methods import method_names
     methods = None
     if args.methods:

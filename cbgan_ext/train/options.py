@@ -15,7 +15,8 @@ class Option:
         self.type = type or (float if isinstance(default, float) else int if isinstance(default, int) else str)
 
 
-def _int(lo=None, hi=None):
+def int_check(lo=None, hi=None):
+    """A check: None when the value is an integer in [lo, hi], else what was expected."""
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int) and not (isinstance(v, float) and v.is_integer()):
             return "an integer"
@@ -27,7 +28,8 @@ def _int(lo=None, hi=None):
     return check
 
 
-def _float(lo=None, hi=None, lo_open=False, hi_open=False, none_ok=False):
+def float_check(lo=None, hi=None, lo_open=False, hi_open=False, none_ok=False):
+    """A check: None when the value is a finite number in the range, else what was expected."""
     def check(v):
         if v is None and none_ok:
             return None
@@ -52,36 +54,36 @@ def _choice(*values):
 
 
 OPTIONS = {
-    "steps": Option(100000, "generator steps (paper: 100k)", _int(0)),
+    "steps": Option(100000, "generator steps (paper: 100k)", int_check(0)),
     "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan")),
-    "width": Option(1.0, "channel multiplier (1 = the paper's networks)", _float(0, lo_open=True)),
-    "z_dim": Option(128, "latent size", _int(1)),
-    "batch_size": Option(64, "images per D and per G step", _int(1)),
-    "lr": Option(2e-4, "Adam learning rate of G and D", _float(0, lo_open=True)),
-    "beta1": Option(0.5, "Adam beta1", _float(0, 1, hi_open=True)),
-    "beta2": Option(0.999, "Adam beta2", _float(0, 1, hi_open=True)),
+    "width": Option(1.0, "channel multiplier (1 = the paper's networks)", float_check(0, lo_open=True)),
+    "z_dim": Option(128, "latent size", int_check(1)),
+    "batch_size": Option(64, "images per D and per G step", int_check(1)),
+    "lr": Option(2e-4, "Adam learning rate of G and D", float_check(0, lo_open=True)),
+    "beta1": Option(0.5, "Adam beta1", float_check(0, 1, hi_open=True)),
+    "beta2": Option(0.999, "Adam beta2", float_check(0, 1, hi_open=True)),
     "cb_reg": Option(None, "add the CB regularizer to the G loss (default: on for cbgan only)", None, type=bool,
                      flag=False),
     "lam": Option(None, "CB regularizer weight λ (default: the paper's for the dataset's imbalance)",
-                  _float(0, none_ok=True), type=float),
-    "alpha": Option(0.5, "forgetting factor α of Eq. 5", _float(0, 1)),
+                  float_check(0, none_ok=True), type=float),
+    "alpha": Option(0.5, "forgetting factor α of Eq. 5", float_check(0, 1)),
     "beta": Option(None, "β of Eq. 5 (default: 1 for the paper weighting, 1 − α for the official one)",
-                   _float(0, none_ok=True), type=float),
-    "cycle": Option(2000, "steps per cycle between updates of the effective class frequency N̂", _int(1)),
+                   float_check(0, none_ok=True), type=float),
+    "cycle": Option(2000, "steps per cycle between updates of the effective class frequency N̂", int_check(1)),
     "weighting": Option("paper", "CB class weights: the paper's text or the released code's",
                         _choice("paper", "official")),
-    "ema_decay": Option(0.9999, "EMA decay of the generator", _float(0, 1)),
-    "ema_start": Option(20000, "EMA starts (copies before)", _int(0)),
-    "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", _int(0)),
-    "eval_samples": Option(10000, "generated images per evaluation", _int(2)),
-    "sample_every": Option(2000, "sample grid every N steps; 0: never", _int(0)),
-    "ckpt_every": Option(500, "checkpoint every N steps", _int(1)),
-    "log_every": Option(50, "log training losses every N steps", _int(1)),
+    "ema_decay": Option(0.9999, "EMA decay of the generator", float_check(0, 1)),
+    "ema_start": Option(20000, "EMA starts (copies before)", int_check(0)),
+    "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", int_check(0)),
+    "eval_samples": Option(10000, "generated images per evaluation", int_check(2)),
+    "sample_every": Option(2000, "sample grid every N steps; 0: never", int_check(0)),
+    "ckpt_every": Option(500, "checkpoint every N steps", int_check(1)),
+    "log_every": Option(50, "log training losses every N steps", int_check(1)),
     "max_minutes": Option(None, "stop (with a checkpoint) after this long; resume later",
-                          _float(0, lo_open=True, none_ok=True), type=float),
+                          float_check(0, lo_open=True, none_ok=True), type=float),
     "fid": Option("auto", "Fréchet distance features at evaluation: Inception when present, or the annotator's",
                   _choice("auto", "inception", "annotator")),
-    "seed": Option(0, "seed of weights, data order and noise", _int(0)),
+    "seed": Option(0, "seed of weights, data order and noise", int_check(0)),
 }
 
 
