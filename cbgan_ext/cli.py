@@ -145,21 +145,21 @@ def _configure_train_classifier(p):
 @subcommand("train-classifier", help="train the ResNet classifier (CBGAN/Softlabel-GAN in-loop classifier or the "
             "annotator) on a long-tailed dataset", configure=_configure_train_classifier)
 def _run_train_classifier(args):
+    from .train import distributed as dist
     from .train.classifier import train_classifier
     positive = float_check(0, lo_open=True)
     check_args(args, epochs=positive, batch_size=int_check(1), lr=positive, momentum=float_check(0),
                weight_decay=float_check(0), width=positive, imbalance=float_check(1), seed=int_check(0),
                eval_every=int_check(0), checkpoint_every=float_check(0), max_minutes=positive,
                warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1))
-    result = train_classifier(
-        args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
-        dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
-        n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=args.device,
-        loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
-        eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes,
-        amp=args.amp, channels_last=not args.no_channels_last)
+    device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
+    main_rank = dist.is_main()
+    try:
+        result = _train_classifier_with(train_classifier, args, device)
+    finally:
+        dist.shutdown()
+    if not main_rank:
+        return 0
     summary = {k: result[k] for k in ("accuracy", "balanced_accuracy", "per_class_accuracy", "class_counts", "epoch",
                                       "train_time_s", "train_cpu_s", "finished")}
     if args.json:
@@ -169,6 +169,18 @@ def _run_train_classifier(args):
               f"(overall {result['accuracy'] * 100:.2f}%) after {result['epoch']} epochs, "
               f"{result['train_time_s']:.0f}s of training ({result['train_cpu_s']:.0f}s CPU)")
     return 0
+
+
+def _train_classifier_with(train_classifier, args, device):
+    return train_classifier(
+        args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
+        dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
+        n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
+        loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
+        eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes,
+        amp=args.amp, channels_last=not args.no_channels_last)
 
 
 # ------------------------------------------------------------------------------------------- GAN: train, eval, sample
@@ -193,6 +205,8 @@ def _configure_train(p):
             kw["choices"] = o.choices
         p.add_argument(_flag(key), dest=key, **kw)
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: SyncBatchNorm in G (batch "
+                   "statistics over the global batch; CUDA only)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -214,19 +228,27 @@ def _run_train(args):
     import torch
     from .data import get_dataset
     from .models.classifier import load_classifier
+    from .train import distributed as dist
     from .train.gan import GANTrainer
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = get_dataset(args.dataset, "train", root=args.root, image_size=args.image_size,
-                       imbalance_ratio=args.imbalance, profile=args.profile, n_max=args.n_max, seed=args.seed,
-                       download=args.download)
-    clf = load_classifier(args.classifier, map_location=args.device) if args.classifier else None
-    ann = load_classifier(args.annotator, map_location=args.device) if args.annotator else None
-    trainer = GANTrainer(data, args.out, method=args.method, classifier=clf, annotator=ann, device=args.device,
-                         progress=not args.no_progress, deterministic=args.deterministic, **settings)
-    trainer.config.update(classifier=args.classifier if trainer.reg is not None else None, annotator=args.annotator)
-    best = trainer.run()
-    if best:
+    device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
+    main_rank = dist.is_main()
+    try:
+        data = get_dataset(args.dataset, "train", root=args.root, image_size=args.image_size,
+                           imbalance_ratio=args.imbalance, profile=args.profile, n_max=args.n_max, seed=args.seed,
+                           download=args.download)
+        clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
+        ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
+        trainer = GANTrainer(data, args.out, method=args.method, classifier=clf, annotator=ann, device=device,
+                             progress=not args.no_progress, deterministic=args.deterministic, sync_bn=args.sync_bn,
+                             **settings)
+        trainer.config.update(classifier=args.classifier if trainer.reg is not None else None,
+                              annotator=args.annotator)
+        best = trainer.run()
+    finally:
+        dist.shutdown()
+    if best and main_rank:
         print(json.dumps({"best_step": best["step"], **{k: v for k, v in best["metrics"].items()}}))
     return 0
 

@@ -276,6 +276,29 @@ def test_resume_continues_exactly(tmp_path):
     assert "resumed" in events
 
 
+def test_cb_start_keeps_the_plain_step_until_then(tmp_path):
+    plain = _trainer(tmp_path / "gan", 5, method="gan", eval_every=0)
+    plain.run()
+    late = _trainer(tmp_path / "late", 3, cb_start=3, eval_every=0)
+    late.run()  # no regularizer yet: the gan method's weights, and N̂ untouched
+    short = _trainer(tmp_path / "gan3", 3, method="gan", eval_every=0)
+    short.run()
+    assert all(torch.equal(a, b) for a, b in zip(late.G.state_dict().values(), short.G.state_dict().values()))
+    assert int(late.reg.num_steps) == 0
+    resumed = _trainer(tmp_path / "late", 5, cb_start=3, eval_every=0)
+    resumed.run()  # steps 4 and 5 add it
+    assert int(resumed.reg.num_steps) == 2
+    assert not torch.equal(resumed.G.state_dict()["linear.weight"], plain.G.state_dict()["linear.weight"])
+    records = [json.loads(line) for line in open(tmp_path / "late" / "metrics.jsonl")]
+    assert [r["step"] for r in records if r["event"] == "train" and "reg" in r] == [4, 5]
+    # a run saved before cb_start existed resumes as cb_start = 0; another cb_start is refused
+    state = ckpt.load(str(tmp_path / "late" / "checkpoint.pt"))
+    del state["config"]["cb_start"]
+    ckpt.save_atomic(state, str(tmp_path / "late" / "checkpoint.pt"))
+    with pytest.raises(ConfigMismatchError, match="cb_start: 0 there, 3 now"):
+        _trainer(tmp_path / "late", 6, cb_start=3, eval_every=0).run()
+
+
 def test_resume_drops_log_records_past_the_checkpoint_and_stale_temp_files(tmp_path):
     t = _trainer(tmp_path, 5, ckpt_every=3, eval_every=0)
     t.run()  # checkpoints at 3 and 5

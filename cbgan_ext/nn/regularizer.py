@@ -18,6 +18,13 @@ Both update the effective class frequency after every ``update_every`` calls of 
 N̂ ← (1−α)·N̂ + β·c, with c the argmax counts accumulated since the last update (then reset to 0);
 ``beta=None`` means β = 1 (the paper's Eq. 5) for "paper" and β = 1 − α for "official". N̂ starts at ``init_count``
 (default 50, the released code's value) for every class. Counts are accumulated only in training mode.
+
+Under ``torch.distributed`` (a process group of more than one rank, e.g. launched by torchrun) the statistics
+are global: the softmax column sums, the argmax counts and the batch size are summed over ranks in one
+autograd-aware all-reduce of 2K + 1 numbers (``torch.distributed.nn``), so p̂ is the mean over the global batch,
+every rank holds the same counts and N̂, and after DistributedDataParallel averages the gradients they equal
+one process's on the concatenated batch. (A plain ``dist.all_reduce`` would carry no gradient from the other
+ranks' samples.) ``CBRegularizer(..., distributed=False)`` keeps each rank's statistics local.
 """
 import math
 
@@ -27,13 +34,36 @@ from torch import nn
 from ..ops import class_balancing_loss_with_counts
 
 _WEIGHTINGS = ("paper", "official")
+
+
+def _world_size():
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _global_loss_and_counts(logits, w):
+    """Eq. 7 on the global batch: one autograd-aware all-reduce of [softmax column sums, argmax counts, B]."""
+    import warnings
+    from torch.distributed.nn.functional import all_reduce
+    K = logits.shape[1]
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    probs = torch.softmax(x, dim=1)
+    counts = torch.bincount(x.detach().argmax(dim=1), minlength=K).to(x.dtype)
+    local = torch.cat([probs.sum(0), counts, x.new_full((1,), float(x.shape[0]))])
+    with warnings.catch_warnings():  # its proposed successor has no autograd for all_reduce
+        warnings.simplefilter("ignore", FutureWarning)
+        total = all_reduce(local)
+    mean_p = total[:K] / total[2 * K]
+    loss = torch.sum(w.to(mean_p.dtype) * torch.xlogy(mean_p, mean_p))
+    return loss, total[K:2 * K].detach().round().to(torch.int64)
 _OFFICIAL_COUNT_PRIOR = 512.0
 
 
 class CBRegularizer(nn.Module):
     def __init__(self, num_classes, lam, *, alpha=0.5, beta=None, update_every=2000, weighting="paper",
-                 init_count=50.0):
+                 init_count=50.0, distributed=True):
         super().__init__()
+        self.distributed = bool(distributed)
         if int(num_classes) < 1:
             raise ValueError(f"CBRegularizer: num_classes must be >= 1, got {num_classes}")
         if weighting not in _WEIGHTINGS:
@@ -87,7 +117,10 @@ class CBRegularizer(nn.Module):
                              f"got shape {tuple(logits.shape)}")
         w = self.class_weights().to(device=logits.device, dtype=torch.float32 if logits.dtype != torch.float64
                                     else torch.float64)
-        loss, counts = class_balancing_loss_with_counts(logits, w)
+        if self.distributed and _world_size() > 1:
+            loss, counts = _global_loss_and_counts(logits, w)
+        else:
+            loss, counts = class_balancing_loss_with_counts(logits, w)
         if self.training:
             with torch.no_grad():
                 self.counts += counts.to(self.counts.device, self.counts.dtype)

@@ -15,6 +15,11 @@ atomic checkpoints are the GAN trainer's). Checkpoints are written at every epoc
 ``checkpoint_every_s`` seconds within an epoch, and at a time limit. Each epoch's order is drawn from a
 generator seeded by (seed, epoch) and each batch's augmentation from one seeded by (seed, epoch, batch), so a
 resumed run follows the same data as an uninterrupted one.
+
+Under torchrun the batch size is global: rank r trains on images r, r + W, ... of each batch of the epoch's
+order (the last batch padded from the epoch's start to a multiple of W, as ``DistributedSampler`` pads) with
+its own augmentation stream (seed, epoch, batch, rank); the model is DistributedDataParallel, rank 0 evaluates
+and writes the checkpoint, and the epoch's loss and accuracy sums are reduced over the ranks.
 """
 import hashlib
 import json
@@ -31,6 +36,7 @@ from ..models.classifier import CifarResNet, load_classifier
 from ..nn.long_tail_losses import LOSSES, LongTailLoss
 from . import checkpoint as ckpt
 from .checkpoint import save_atomic
+from . import distributed as dist
 from .loop import TrainLoop
 
 CHECKPOINT_FORMAT = "cbgan_ext.classifier/1"
@@ -175,7 +181,8 @@ class ClassifierTrainer(TrainLoop):
     resume_may_change = ()
 
     def __init__(self, out, cfg, *, overwrite=False, progress=True, log=None):
-        self.cfg, self.log = cfg, log or (lambda s: print(s, file=sys.stderr, flush=True))
+        log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.cfg, self.log = cfg, (log if dist.is_main() else (lambda s: None))
         self.overwrite = overwrite
         device = torch.device(cfg["device"])
         t0 = time.time()
@@ -201,6 +208,7 @@ class ClassifierTrainer(TrainLoop):
                                  normed_linear=(cfg["loss"] == "ldam-drw")).to(device)
         if cfg["channels_last"]:  # ~1.5x faster convolutions on CPU (oneDNN), no loss on GPU
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model_step = dist.wrap(self.model, device)
         self.amp_dtype = AMP_DTYPES[cfg["amp"]]
         self.criterion = LongTailLoss(cfg["loss"], self.train_set.class_counts, drw_epoch=cfg["drw_epoch"]).to(device)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
@@ -223,6 +231,8 @@ class ClassifierTrainer(TrainLoop):
         self._mark = (now, cpu)
 
     def _flush_sums(self):
+        dist.all_reduce_sum(self._loss_acc)
+        dist.all_reduce_sum(self._correct_acc)
         self.state["loss_sum"] += float(self._loss_acc)
         self.state["correct"] += int(self._correct_acc)
         self._loss_acc.zero_()
@@ -255,6 +265,7 @@ class ClassifierTrainer(TrainLoop):
         self.opt.load_state_dict(state["optimizer"])
         self.state.update({k: state.get(k, v) for k, v in self.state.items()})
         self.step = state.get("global_step", state["epoch"] * self.n_batches + state["step"])
+        self._restore_rank_state(state)
         self.log(f"resumed {self.ckpt_path} at epoch {self.state['epoch']} batch {self.state['step']} "
                  f"({self.state['train_time_s']:.0f}s trained before)")
 
@@ -279,15 +290,20 @@ class ClassifierTrainer(TrainLoop):
         for g in self.opt.param_groups:
             g["lr"] = self._lr
         self.criterion.set_epoch(progress_ep)
-        idx = self._order[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
+        idx = batch = self._order[i * cfg["batch_size"]:(i + 1) * cfg["batch_size"]]
+        aug_seed = (cfg["seed"], epoch, i)
+        if self.world_size > 1:
+            pad = -len(batch) % self.world_size
+            idx = torch.cat([batch, self._order[:pad]])[self.rank::self.world_size]
+            aug_seed += (self.rank,)
         x = ts.float_images_at(idx, self.device)
         y = ts.labels[idx].to(self.device)
-        x = augment_batch(x, cfg["augment"], _generator(cfg["seed"], epoch, i))
+        x = augment_batch(x, cfg["augment"], _generator(*aug_seed))
         if cfg["channels_last"]:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16,
                             enabled=self.amp_dtype is not None):
-            logits = self.model(x)
+            logits = self.model_step(x)
         logits = logits.float()
         loss = self.criterion(logits, y)
         self.opt.zero_grad(set_to_none=True)
@@ -295,7 +311,7 @@ class ClassifierTrainer(TrainLoop):
         self.opt.step()
         self._loss_acc += loss.detach().double() * len(idx)
         self._correct_acc += (logits.detach().argmax(1) == y).sum()
-        self.state["seen"] += len(idx)
+        self.state["seen"] += len(batch)
         self.state["step"] = i + 1
         return {}
 
@@ -308,7 +324,9 @@ class ClassifierTrainer(TrainLoop):
         rec = dict(epoch=min(float(st["epoch"]), float(cfg["epochs"])),
                    train_loss=st["loss_sum"] / max(1, st["seen"]), train_accuracy=st["correct"] / max(1, st["seen"]),
                    lr=self._lr, train_time_s=st["train_time_s"], train_cpu_s=st["train_cpu_s"])
-        if done or (cfg["eval_every"] and st["epoch"] % cfg["eval_every"] == 0):
+        if not self.is_main:
+            pass  # rank 0 evaluates
+        elif done or (cfg["eval_every"] and st["epoch"] % cfg["eval_every"] == 0):
             t_eval = time.time()
             rec.update(evaluate(self.model, self.test_set, cfg["eval_batch_size"], self.device, cfg["amp"],
                                 cfg["channels_last"]))

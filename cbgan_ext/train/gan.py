@@ -5,7 +5,12 @@ the loop owns the data and noise streams, the optimizers (Adam, one D step per G
 optional CB regularizer on the fakes (CBGAN's Eq. 8: L_G + reg(C(G(z))), fakes before any augmentation,
 generator step only), evaluation against the balanced test split, checkpoints and resume. Settings, their
 defaults and their checks are ``cbgan_ext.train.options.OPTIONS``.
+
+Under torchrun the batch size is global: each rank draws ``batch_size / world_size`` real images and latents
+from its own streams (rank 0's are the single-process streams), G and D are DistributedDataParallel, and the
+CB regularizer's statistics are global (``CBRegularizer``).
 """
+import hashlib
 import math
 import os
 from types import SimpleNamespace
@@ -15,6 +20,7 @@ import torchvision
 
 from ..nn import CBRegularizer
 from . import checkpoint as ckpt
+from . import distributed as dist
 from . import options as opts
 from .evaluate import Evaluator, balanced_test_split, generate
 from .losses import relativistic_d_loss, relativistic_g_loss  # noqa: F401  (re-exported)
@@ -47,6 +53,13 @@ class GeneratorState:
         self.gen.set_state(d["state"])
 
 
+def _stream_seed(seed, stream, rank):
+    """Rank 0: seed + stream (the single-process streams); rank r > 0: a seed derived from (seed, stream, r)."""
+    if rank == 0:
+        return seed + stream
+    return int.from_bytes(hashlib.sha256(repr((seed, stream, rank)).encode()).digest()[:7], "little")
+
+
 def _dataset_imbalance(dataset):
     return getattr(dataset, "imbalance_ratio", None) or (getattr(dataset, "config", None) or {}).get("imbalance_ratio")
 
@@ -65,9 +78,11 @@ def check_classifier(model, x, num_classes, what):
 
 class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
+    settings_added_later = {"cb_start": 0}
+    per_rank_state = ("data_rng", "noise_rng")
 
     def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,
-                 device="cpu", deterministic=False, progress=True, **settings):
+                 device="cpu", deterministic=False, progress=True, sync_bn=False, **settings):
         cls = get_method(method)
         s = opts.resolve(**settings)
         self.num_classes = len(dataset.class_counts)
@@ -93,16 +108,23 @@ class GANTrainer(TrainLoop):
         channels, size = x0.shape[0], x0.shape[-1]
         self.G, self.D = self.method.build(s["arch"], channels=channels, image_size=size, width=s["width"],
                                            z_dim=s["z_dim"])
+        if sync_bn and self.world_size > 1:
+            if self.device.type != "cuda":
+                raise ValueError("GANTrainer: sync_bn (--sync-bn) needs CUDA devices: SyncBatchNorm runs on CUDA only")
+            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
         self.G.to(self.device)
         self.D.to(self.device)
         self.z_dim, self.batch_size = s["z_dim"], s["batch_size"]
+        self.local_batch = dist.local_share(self.batch_size, "batch_size")
         self.modules = {"G": self.G, "D": self.D}
+        # D's own steps go through DDP; the G step calls the bare D (its gradients are not kept, so not reduced)
+        self.G_step, self.D_step = dist.wrap(self.G, self.device), dist.wrap(self.D, self.device)
         betas = (s["beta1"], s["beta2"])
         self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=s["lr"], betas=betas),
                            "D": torch.optim.Adam(self.D.parameters(), lr=s["lr"], betas=betas)}
         self.ema = EMA(self.G, s["ema_decay"], s["ema_start"])
-        self.data_rng = GeneratorState(s["seed"] + 1)
-        self.noise_rng = GeneratorState(s["seed"] + 2, self.device)
+        self.data_rng = GeneratorState(_stream_seed(s["seed"], 1, self.rank))
+        self.noise_rng = GeneratorState(_stream_seed(s["seed"], 2, self.rank), self.device)
         self.extra_state = {"data_rng": self.data_rng, "noise_rng": self.noise_rng}
         for k, v in self.method.state().items():
             self.extra_state[f"method.{k}"] = v
@@ -140,34 +162,35 @@ class GANTrainer(TrainLoop):
         return torch.randn(n, self.z_dim, device=self.device, generator=self.noise_rng.gen)
 
     def _real_batch(self):
-        idx = torch.randint(0, self.images.shape[0], (self.batch_size,), generator=self.data_rng.gen)
+        idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
 
     def _fake_batch(self):
-        z = self._noise(self.batch_size)
-        y = self.method.sample_labels(self.batch_size, self.noise_rng.gen, self.device)
-        return (self.G(z, y) if self.method.conditional else self.G(z)), y
+        z = self._noise(self.local_batch)
+        y = self.method.sample_labels(self.local_batch, self.noise_rng.gen, self.device)
+        return (self.G_step(z, y) if self.method.conditional else self.G_step(z)), y
 
     def train_step(self, step):
         M, opt_g, opt_d = self.method, self.optimizers["G"], self.optimizers["D"]
         real, real_y, _ = self._real_batch()
         with torch.no_grad():
             fake, fake_y = self._fake_batch()
-        loss_d, metrics_d = M.d_loss(self.D, real, real_y, fake, fake_y)
+        loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         fake, fake_y = self._fake_batch()
         loss_g, metrics_g = M.g_loss(self.D, real, real_y, fake, fake_y)
         metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item(), **metrics_d, **metrics_g}
-        if self.reg is not None:
+        use_reg = self.reg is not None and step >= self.settings["cb_start"]
+        if use_reg:
             reg = self.reg(self.classifier(fake))
             loss_g = loss_g + reg
             metrics["reg"] = reg.detach().item()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        if self.reg is not None:
+        if use_reg:
             self.reg.step()
         self.ema.update(self.G, step)
         return metrics

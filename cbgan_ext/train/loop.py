@@ -8,6 +8,12 @@ RNG states are all saved, so a run killed at step s and resumed gives the same w
 uninterrupted run. A resume checks that the run's settings (``config``) match the checkpoint's, drops the
 log records written after the checkpoint (they are about to be re-run) and removes temporary files a kill
 during a checkpoint write left behind.
+
+Under torchrun (``cbgan_ext.train.distributed``) every rank runs the loop; rank 0 alone writes the config,
+the log, sample grids, evaluations and checkpoints. A checkpoint holds each rank's random streams (the
+extra states named in ``per_rank_state`` and the global RNGs), gathered at save, and every rank resumes
+from it with its own; time-based decisions (the time limit, time-based checkpoints) are rank 0's, broadcast
+so that all ranks stop and save at the same step.
 """
 import copy
 import glob
@@ -20,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as dist
 
 
 class EMA:
@@ -64,6 +71,8 @@ class TrainLoop:
     ``run()``. ``self.config`` is what a resume must match, except the keys in ``resume_may_change``."""
 
     resume_may_change = ("steps", "annotator", "max_minutes")
+    settings_added_later = {}  # key: the value a run saved before the key existed had
+    per_rank_state = ()  # extra_state keys that differ between ranks (their random streams)
 
     def __init__(self, out, steps, *, seed=0, log_every=50, sample_every=500, eval_every=1000,
                  ckpt_every=500, select="min", select_key=None, progress=True, device="cpu", max_minutes=None,
@@ -76,7 +85,9 @@ class TrainLoop:
         self.log_every, self.sample_every = int(log_every), int(sample_every)
         self.eval_every, self.ckpt_every = int(eval_every), int(ckpt_every)
         self.select, self.select_key = select, select_key
-        self.progress, self.device = progress, torch.device(device)
+        self.rank, self.world_size = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.progress, self.device = progress and self.is_main, torch.device(device)
         self.max_minutes = max_minutes
         self.modules, self.optimizers, self.extra_state = {}, {}, {}
         self.ema = None
@@ -107,6 +118,7 @@ class TrainLoop:
 
     # ---- state --------------------------------------------------------------------------------------
     def state_dict(self):
+        """The whole state; this rank's random streams are the top-level ones."""
         return {
             "step": self.step,
             "best": self.best,
@@ -117,6 +129,22 @@ class TrainLoop:
             "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
             "rng": ckpt.rng_state(),
         }
+
+    def _rank_state(self):
+        return {"extra": {k: self.extra_state[k].state_dict() for k in self.per_rank_state}, "rng": ckpt.rng_state()}
+
+    def _restore_rank_state(self, state):
+        """Rank r takes entry r of a checkpoint written by ``world_size`` ranks."""
+        ranks = state.get("ranks")
+        n = len(ranks) if ranks else 1
+        if n != self.world_size:
+            raise ConfigMismatchError(f"{self.ckpt_path} was written by {n} rank(s); this run has {self.world_size}: "
+                                      "resume with the same --nproc_per_node x nodes")
+        if ranks:
+            mine = ranks[self.rank]
+            for k, v in mine["extra"].items():
+                self.extra_state[k].load_state_dict(v)
+            ckpt.set_rng_state(mine["rng"])
 
     def load_state_dict(self, state):
         self.step, self.best = state["step"], state["best"]
@@ -129,9 +157,21 @@ class TrainLoop:
         for k, v in self.extra_state.items():
             v.load_state_dict(state["extra"][k])
         ckpt.set_rng_state(state["rng"])
+        self._restore_rank_state(state)
 
-    def save(self, path=None):
-        ckpt.save_atomic(self.state_dict(), path or self.ckpt_path)
+    def save(self, path=None, all_ranks=True):
+        """Write a checkpoint (rank 0). With ``all_ranks`` (every rank must call it then) each rank's random
+        streams are gathered into it, so that a resume restores all of them."""
+        distributed = all_ranks and self.world_size > 1
+        if not (self.is_main or distributed):
+            return
+        state = self.state_dict()  # on every rank: a trainer may reduce its running sums here
+        ranks = dist.all_gather_object(self._rank_state()) if distributed else None
+        if not self.is_main:
+            return
+        if ranks:
+            state["ranks"] = ranks
+        ckpt.save_atomic(state, path or self.ckpt_path)
 
     def saved_config(self, state):
         return state.get("config")
@@ -139,20 +179,38 @@ class TrainLoop:
     def check_config(self, saved, source):
         """Raise ConfigMismatchError naming every key whose value differs between ``saved`` and this run."""
         old, new = _canonical(saved or {}), _canonical(self.config)
+        if old:  # a run saved before a setting existed had that setting's default
+            old = {**_canonical(self.settings_added_later), **old}
         diff = sorted(k for k in set(old) | set(new) if k not in self.resume_may_change and old.get(k) != new.get(k))
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
             raise ConfigMismatchError(f"{source} holds a run whose settings differ ({what}); use another --out, "
                                       "or the same settings to resume it")
 
+    def _read_checkpoint(self):
+        """Rank 0 reads the checkpoint (None when there is none) and sends it to every rank, so the ranks
+        resume from the same state even without a shared file system; its errors are raised on every rank."""
+        state, error = None, None
+        if self.is_main:
+            folder = os.path.dirname(os.path.abspath(self.ckpt_path))
+            for tmp in glob.glob(os.path.join(folder, ".tmp-*.pt")):  # left by a kill during a checkpoint write
+                os.unlink(tmp)
+            try:
+                if os.path.exists(self.ckpt_path):
+                    state = ckpt.load(self.ckpt_path, map_location="cpu" if self.world_size > 1 else self.device)
+            except Exception as e:  # noqa: BLE001  (re-raised below, on every rank)
+                error = e
+        if self.world_size > 1:
+            state, error = dist.broadcast_object((state, error))
+        if error is not None:
+            raise error
+        return state
+
     def try_resume(self):
-        for tmp in glob.glob(os.path.join(os.path.dirname(os.path.abspath(self.ckpt_path)), ".tmp-*.pt")):
-            # left by a kill during a checkpoint write
-            os.unlink(tmp)
-        if not os.path.exists(self.ckpt_path):
+        state = self._read_checkpoint()
+        if state is None:
             self._truncate_log(0)
             return False
-        state = ckpt.load(self.ckpt_path, map_location=self.device)
         self.check_config(self.saved_config(state), self.ckpt_path)
         self.load_state_dict(state)
         self._truncate_log(self.step)
@@ -161,7 +219,7 @@ class TrainLoop:
 
     def _truncate_log(self, step):
         """Keep the records up to ``step``: the steps after it are re-run and logged again."""
-        if not os.path.exists(self.log_path):
+        if not self.is_main or not os.path.exists(self.log_path):
             return
         keep = []
         with open(self.log_path) as f:
@@ -179,6 +237,8 @@ class TrainLoop:
 
     # ---- logging ------------------------------------------------------------------------------------
     def _log(self, record):
+        if not self.is_main:
+            return
         record = _json_safe({"time": round(time.time(), 3), **record})
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
@@ -188,7 +248,7 @@ class TrainLoop:
                     self._tb.add_scalar(k, v, record.get("step", self.step))
 
     def _open_tensorboard(self):
-        if not self.tensorboard:
+        if not self.tensorboard or not self.is_main:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -202,17 +262,20 @@ class TrainLoop:
         return value < self.best["value"] if self.select == "min" else value > self.best["value"]
 
     def run_evaluation(self):
+        """Rank 0 evaluates (and keeps best.pt); the other ranks wait at their next collective."""
+        if not self.is_main:
+            return {}
         metrics = self.evaluate()
         self._log({"event": "eval", "step": self.step, **metrics})
         key = self.select_key
         if key and key in metrics and self._is_better(metrics[key]):
             self.best = {"step": self.step, "key": key, "value": metrics[key], "metrics": metrics}
-            self.save(self.best_path)
+            self.save(self.best_path, all_ranks=False)
         return metrics
 
     # ---- the loop -----------------------------------------------------------------------------------
     def run(self):
-        if not self.try_resume() and self.config_path:
+        if not self.try_resume() and self.config_path and self.is_main:
             with open(self.config_path + ".tmp", "w") as f:
                 json.dump(_json_safe(_canonical(self.config)), f, indent=1)
             os.replace(self.config_path + ".tmp", self.config_path)
@@ -236,13 +299,15 @@ class TrainLoop:
                 record = self.on_epoch_end((self.step - 1) // spe)
                 if record:
                     self._log({"event": "epoch", "step": self.step, **record})
-            if self.sample_every and (self.step % self.sample_every == 0 or self.step == self.steps):
+            if self.sample_every and self.is_main and (self.step % self.sample_every == 0 or self.step == self.steps):
                 self.sample_grid(os.path.join(self.out, f"samples_{self.step:07d}.png"))
             if self.eval_every and (self.step % self.eval_every == 0 or self.step == self.steps):
                 self.run_evaluation()
             now = time.time()
             out_of_time = deadline is not None and now >= deadline and self.step < self.steps
             due = self.ckpt_every_s and now - last_save >= self.ckpt_every_s
+            if self.world_size > 1 and (deadline is not None or self.ckpt_every_s):
+                out_of_time, due = dist.broadcast_object((bool(out_of_time), bool(due)))
             if self.step % self.ckpt_every == 0 or self.step == self.steps or out_of_time or due or epoch_end:
                 self.save()
                 last_save = time.time()

@@ -69,6 +69,8 @@ OPTIONS = {
     "alpha": Option(0.5, "forgetting factor α of Eq. 5", float_check(0, 1)),
     "beta": Option(None, "β of Eq. 5 (default: 1 for the paper weighting, 1 − α for the official one)",
                    float_check(0, none_ok=True), type=float),
+    "cb_start": Option(0, "the CB regularizer joins the G loss from this step on (0: from the first); "
+                       "before it, the step is the plain method's", int_check(0)),
     "cycle": Option(2000, "steps per cycle between updates of the effective class frequency N̂", int_check(1)),
     "weighting": Option("paper", "CB class weights: the paper's text or the released code's",
                         _choice("paper", "official")),
