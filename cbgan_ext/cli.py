@@ -172,8 +172,11 @@ def _run_train_classifier(args):
 
 
 def _train_classifier_with(train_classifier, args, device):
+    # a torchrun restart (--max-restarts) continues the checkpoint its first attempt began
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     return train_classifier(
-        args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads,
+        args.out, resume=args.resume or restarted, overwrite=args.overwrite and not restarted,
+        progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
         n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
         loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,

@@ -181,8 +181,8 @@ def test_gan_ranks_stay_identical_and_a_two_rank_run_resumes_exactly(tmp_path):
 
 def _torchrun(args, cwd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", CBGAN_EXT_DIST_TIMEOUT="120")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}", *kw.pop("pre", []),
-           "-m", "cbgan_ext.cli", *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           *kw.pop("pre", []), "-m", "cbgan_ext.cli", *args]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
