@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 
 from .train.options import float_check, int_check
 
@@ -43,8 +44,9 @@ def _method_titles():
 
 def build_parser():
     methods = ", ".join(n for n, _ in _method_titles())
-    parser = _Parser(prog="cbgan-ext", description=f"GANs on long-tailed data with fused CPU/CUDA ops. Methods: "
-                     f"{methods} (`cbgan-ext methods` lists them).")
+    about = textwrap.fill(f"GANs on long-tailed data with fused CPU/CUDA ops. Methods: {methods} (`cbgan-ext "
+                          "methods` lists them).", 79, break_on_hyphens=False)  # method names stay whole
+    parser = _Parser(prog="cbgan-ext", description=about, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or CBGAN_EXT_DEBUG=1)")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, configure, run) in _SUBCOMMANDS.items():
@@ -155,6 +157,10 @@ def _run_train_classifier(args):
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
+        if args.download and dist.active():  # one download per node, before the ranks read the files
+            from .data import get_dataset
+            dist.local_main_first(lambda: [get_dataset(args.dataset, split, root=args.root, download=True)
+                                           for split in ("train", "test")])
         result = _train_classifier_with(train_classifier, args, device)
     finally:
         dist.shutdown()
@@ -172,10 +178,14 @@ def _run_train_classifier(args):
 
 
 def _train_classifier_with(train_classifier, args, device):
-    # a torchrun restart (--max-restarts) continues the checkpoint its first attempt began
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    # a torchrun restart (--max-restarts) continues the checkpoint an earlier attempt of the same job wrote
+    ours = False
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and run_id and os.path.exists(args.out):
+        from .train import checkpoint as ckpt
+        ours = ckpt.load(args.out).get("torchelastic_run_id") == run_id
     return train_classifier(
-        args.out, resume=args.resume or restarted, overwrite=args.overwrite and not restarted,
+        args.out, resume=args.resume or ours, overwrite=args.overwrite and not ours,
         progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
         n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
@@ -195,6 +205,8 @@ def _configure_train(p):
     p.add_argument("--method", default="cbgan", choices=method_names(),
                    help="; ".join(f"{n}: {t}" for n, t in _method_titles()))
     p.add_argument("--classifier", default=None, help="train-classifier checkpoint: the classifier in CBGAN's loop")
+    p.add_argument("--soft-labels", default=None, metavar="CLASSIFIER",
+                   help="train-classifier checkpoint whose softmax (T = 1) labels each training image (softlabel-gan)")
     p.add_argument("--annotator", default=None, help="train-classifier checkpoint on balanced data, for evaluation")
     p.add_argument("--out", required=True, help="run directory (resumes when it holds a checkpoint of the same "
                                                 "settings)")
@@ -203,7 +215,8 @@ def _configure_train(p):
     for key, o in OPTIONS.items():
         if not o.flag or key == "seed":
             continue
-        kw = dict(default=o.default, type=o.type, help=f"{o.help} (default {o.default})")
+        # unset flags fall to the method's defaults (Method.defaults), then the table's
+        kw = dict(default=None, type=o.type, help=f"{o.help} (default {o.default!r}{_method_default_note(key)})")
         if o.choices:
             kw["choices"] = o.choices
         p.add_argument(_flag(key), dest=key, **kw)
@@ -213,9 +226,15 @@ def _configure_train(p):
     p.add_argument("--no-progress", action="store_true")
 
 
+def _method_default_note(key):
+    from .train.methods import get_method, method_names
+    own = [f"{n}: {get_method(n).defaults[key]!r}" for n in method_names() if key in get_method(n).defaults]
+    return "; " + ", ".join(own) if own else ""
+
+
 def _train_settings(args):
     from .train.options import OPTIONS, check_options
-    settings = {k: getattr(args, k) for k in OPTIONS if hasattr(args, k)}
+    settings = {k: getattr(args, k) for k in OPTIONS if getattr(args, k, None) is not None}
     try:
         check_options(settings, label=_flag)
     except ValueError as e:
@@ -238,16 +257,20 @@ def _run_train(args):
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
-        data = get_dataset(args.dataset, "train", root=args.root, image_size=args.image_size,
-                           imbalance_ratio=args.imbalance, profile=args.profile, n_max=args.n_max, seed=args.seed,
-                           download=args.download)
+        data = dist.local_main_first(lambda: get_dataset(
+            args.dataset, "train", root=args.root, image_size=args.image_size, imbalance_ratio=args.imbalance,
+            profile=args.profile, n_max=args.n_max, seed=args.seed, download=args.download))
         clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
         ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
+        soft = None
+        if args.soft_labels:
+            from .train.classifier import soft_labels
+            soft = soft_labels(args.soft_labels, data, device=device, use_cache=dist.is_main())
         trainer = GANTrainer(data, args.out, method=args.method, classifier=clf, annotator=ann, device=device,
                              progress=not args.no_progress, deterministic=args.deterministic, sync_bn=args.sync_bn,
-                             **settings)
+                             soft_labels=soft, **settings)
         trainer.config.update(classifier=args.classifier if trainer.reg is not None else None,
-                              annotator=args.annotator)
+                              annotator=args.annotator, soft_labels=args.soft_labels)
         best = trainer.run()
     finally:
         dist.shutdown()

@@ -13,6 +13,7 @@ from cbgan_ext.metrics import class_histogram, kl_to_uniform
 from cbgan_ext.models import D_HEADS, ConditionalBatchNorm2d, build_gan
 from cbgan_ext.nn import CBRegularizer, ProjectionHead, SNLinear
 from cbgan_ext.train import ConfigMismatchError, Evaluator, GANTrainer, load_run, method_names
+from cbgan_ext.train.methods import get_method
 from cbgan_ext.train import checkpoint as ckpt
 from cbgan_ext.train import losses
 from cbgan_ext.train.evaluate import balanced_test_split
@@ -61,8 +62,12 @@ def _trainer(tmp, steps, method="cbgan", **kw):
     settings = dict(steps=steps, arch="sndcgan", width=0.125, z_dim=16, batch_size=8, cycle=2, eval_samples=64,
                     ema_start=2, log_every=1, sample_every=0, eval_every=3, ckpt_every=3, seed=3)
     settings.update(kw)
-    return GANTrainer(TinyData(), str(tmp), method=method, classifier=TinyClassifier(), annotator=TinyClassifier(),
-                      eval_images=EVAL_IMAGES, progress=False, **settings)
+    data = TinyData()
+    soft = None
+    if get_method(method).needs_soft_labels:  # a classifier's softmax per training image (softlabel-gan)
+        soft = torch.softmax(torch.randn(len(data), len(data.class_counts)), dim=1)
+    return GANTrainer(data, str(tmp), method=method, classifier=TinyClassifier(), annotator=TinyClassifier(),
+                      eval_images=EVAL_IMAGES, progress=False, soft_labels=soft, **settings)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -132,6 +137,8 @@ def test_gan_uses_fused_spectral_norm():
 
 def test_bad_architecture():
     with pytest.raises(ValueError, match="build_gan: unknown architecture"):
+        build_gan("stylegan")
+    with pytest.raises(ValueError, match="biggan is the conditional G / projection D pair"):
         build_gan("biggan")
     with pytest.raises(ValueError, match="sndcgan is defined at 32"):
         build_gan("sndcgan", image_size=64)
@@ -498,8 +505,12 @@ def test_cli_defaults_and_choices_come_from_one_source():
     parser = cli.build_parser()
     sub = parser._subparsers._group_actions[0].choices
     train = {a.dest: a for a in sub["train"]._actions}
-    for key, o in OPTIONS.items():
-        assert train[key].default == o.default, key
+    for key, o in OPTIONS.items():  # unset flags: the method's defaults, then the table's (shown in the help)
+        if key == "seed":  # the dataset's --seed, shared with train-classifier
+            assert train[key].default == o.default
+            continue
+        assert train[key].default is None, key
+        assert f"default {o.default!r}" in train[key].help or not o.flag, key
     assert tuple(train["method"].choices) == method_names()
     text = parser.format_help()
     for name in method_names():

@@ -245,7 +245,7 @@ class ResNetDiscriminator(_Discriminator):
         return F.relu(self.blocks(x)).sum(dim=(2, 3))
 
 
-ARCHITECTURES = ("sndcgan", "snresgan")
+ARCHITECTURES = ("sndcgan", "snresgan", "biggan")
 
 
 def init_orthogonal_(model):
@@ -284,6 +284,12 @@ def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectr
     elif arch == "snresgan":
         G = ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm, g_classes)
         D = ResNetDiscriminator(channels, image_size, width, d_head=d_head, num_classes=num_classes)
+    elif arch == "biggan":
+        from .biggan import BigGANDiscriminator, BigGANGenerator
+        if d_head != "projection" or not conditional_g:
+            raise ValueError("build_gan: biggan is the conditional G / projection D pair (d_head='projection')")
+        G = BigGANGenerator(z_dim, channels, image_size, width, g_classes)
+        D = BigGANDiscriminator(channels, image_size, width, num_classes)
     else:
         raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     if init == "ortho":

@@ -54,7 +54,9 @@ def _global_loss_and_counts(logits, w):
         warnings.simplefilter("ignore", FutureWarning)
         total = all_reduce(local)
     mean_p = total[:K] / total[2 * K]
-    loss = torch.sum(w.to(mean_p.dtype) * torch.xlogy(mean_p, mean_p))
+    # 0·log 0 = 0 with a finite gradient, as the fused op (xlogy's gradient is 0/0 there)
+    plogp = torch.where(mean_p > 0, mean_p * torch.log(mean_p.clamp_min(torch.finfo(mean_p.dtype).tiny)), 0.0)
+    loss = torch.sum(w.to(mean_p.dtype) * plogp)
     return loss, total[K:2 * K].detach().round().to(torch.int64)
 _OFFICIAL_COUNT_PRIOR = 512.0
 

@@ -246,6 +246,7 @@ class ClassifierTrainer(TrainLoop):
                  loss=self.cfg["loss"], imbalance_ratio=self.cfg["imbalance_ratio"], accuracy=last.get("accuracy"),
                  balanced_accuracy=last.get("balanced_accuracy"), per_class_accuracy=last.get("per_class_accuracy"),
                  finished=self.step >= self.steps, torch_version=torch.__version__, global_step=self.step,
+                 torchelastic_run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
                  config=self.config, **self.state)
         if with_weights:
             d.update(model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
@@ -311,7 +312,7 @@ class ClassifierTrainer(TrainLoop):
         self.opt.step()
         self._loss_acc += loss.detach().double() * len(idx)
         self._correct_acc += (logits.detach().argmax(1) == y).sum()
-        self.state["seen"] += len(batch)
+        self.state["seen"] += len(idx) * self.world_size  # as the reduced sums: padded rows included
         self.state["step"] = i + 1
         return {}
 

@@ -87,6 +87,16 @@ def barrier():
         dist.barrier()
 
 
+def local_main_first(fn):
+    """fn() on each node's local rank 0 first (a download into a shared folder), then on the other ranks."""
+    if not active():
+        return fn()
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    out = fn() if first else None
+    dist.barrier()
+    return out if first else fn()
+
+
 def local_share(total, what="batch_size"):
     """This rank's share of a global count that must divide evenly."""
     w = world_size()

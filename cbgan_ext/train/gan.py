@@ -19,6 +19,7 @@ import torch
 import torchvision
 
 from ..nn import CBRegularizer
+from ..ops.diff_augment import diff_augment, parse_policy
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import options as opts
@@ -78,13 +79,13 @@ def check_classifier(model, x, num_classes, what):
 
 class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
-    settings_added_later = {"cb_start": 0}
-    per_rank_state = ("data_rng", "noise_rng")
+    settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": ""}
+    per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,
-                 device="cpu", deterministic=False, progress=True, sync_bn=False, **settings):
+                 device="cpu", deterministic=False, progress=True, sync_bn=False, soft_labels=None, **settings):
         cls = get_method(method)
-        s = opts.resolve(**settings)
+        s = opts.resolve(cls.defaults, **settings)
         self.num_classes = len(dataset.class_counts)
         self.method = cls(self.num_classes)
         cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
@@ -94,6 +95,19 @@ class GANTrainer(TrainLoop):
                 raise ValueError(f"GANTrainer: method {method!r} with the CB regularizer needs the pretrained "
                                  "classifier (classifier=..., --classifier)")
             check_classifier(classifier.to(device), x0, self.num_classes, "the classifier in the loop")
+        soft_digest = None
+        if cls.needs_soft_labels:
+            if soft_labels is None:
+                raise ValueError(f"GANTrainer: method {method!r} needs soft labels for the training images "
+                                 "(soft_labels=[N, K], --soft-labels CLASSIFIER.pt)")
+            n = len(dataset)
+            if (not isinstance(soft_labels, torch.Tensor) or soft_labels.dim() != 2
+                    or tuple(soft_labels.shape) != (n, self.num_classes)):
+                shape = tuple(soft_labels.shape) if isinstance(soft_labels, torch.Tensor) else type(soft_labels)
+                raise ValueError(f"GANTrainer: soft_labels must be [{n}, {self.num_classes}] (one row per training "
+                                 f"image, in dataset order), got {shape}")
+            self.method.soft_table = soft_labels.detach().float().cpu()
+            soft_digest = hashlib.sha256(self.method.soft_table.numpy().tobytes()).hexdigest()[:16]
         if annotator is not None:
             check_classifier(annotator.to(device), x0, self.num_classes, "the annotator")
             if eval_images is None and getattr(dataset, "config", None) is None:
@@ -126,6 +140,10 @@ class GANTrainer(TrainLoop):
         self.data_rng = GeneratorState(_stream_seed(s["seed"], 1, self.rank))
         self.noise_rng = GeneratorState(_stream_seed(s["seed"], 2, self.rank), self.device)
         self.extra_state = {"data_rng": self.data_rng, "noise_rng": self.noise_rng}
+        self.policy = ",".join(parse_policy(s["policy"]))
+        if self.policy:  # its own stream, so that a policy leaves the data and noise streams as they were
+            self.aug_rng = GeneratorState(_stream_seed(s["seed"], 3, self.rank), self.device)
+            self.extra_state["aug_rng"] = self.aug_rng
         for k, v in self.method.state().items():
             self.extra_state[f"method.{k}"] = v
         self.classifier = None if classifier is None else classifier.to(self.device).eval().requires_grad_(False)
@@ -147,6 +165,10 @@ class GANTrainer(TrainLoop):
                            num_classes=self.num_classes, image_shape=list(x0.shape),
                            class_counts=[int(c) for c in dataset.class_counts],
                            dataset=getattr(dataset, "config", None))
+        if soft_digest:
+            self.config["soft_labels_sha256"] = soft_digest
+        if sync_bn:
+            self.config["sync_bn"] = True
 
     @staticmethod
     def _stack_dataset(dataset):
@@ -170,20 +192,29 @@ class GANTrainer(TrainLoop):
         y = self.method.sample_labels(self.local_batch, self.noise_rng.gen, self.device)
         return (self.G_step(z, y) if self.method.conditional else self.G_step(z)), y
 
+    def _augment(self, x):
+        if not self.policy:
+            return x
+        return diff_augment(x, self.policy, generator=self.aug_rng.gen)
+
     def train_step(self, step):
         M, opt_g, opt_d = self.method, self.optimizers["G"], self.optimizers["D"]
-        real, real_y, _ = self._real_batch()
-        with torch.no_grad():
-            fake, fake_y = self._fake_batch()
-        loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        for _ in range(self.settings["n_dis"]):
+            real, real_y, idx = self._real_batch()
+            real_y = M.real_labels(real_y, idx)
+            with torch.no_grad():
+                fake, fake_y = self._fake_batch()
+            if self.policy:  # one call on [fake; real]: each image gets its own augmentation parameters
+                fake, real = self._augment(torch.cat([fake, real])).split([fake.shape[0], real.shape[0]])
+            loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
         fake, fake_y = self._fake_batch()
-        loss_g, metrics_g = M.g_loss(self.D, real, real_y, fake, fake_y)
+        loss_g, metrics_g = M.g_loss(self.D, real, real_y, self._augment(fake), fake_y)
         metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item(), **metrics_d, **metrics_g}
         use_reg = self.reg is not None and step >= self.settings["cb_start"]
-        if use_reg:
+        if use_reg:  # on the fakes before augmentation
             reg = self.reg(self.classifier(fake))
             loss_g = loss_g + reg
             metrics["reg"] = reg.detach().item()

@@ -131,7 +131,8 @@ class TrainLoop:
         }
 
     def _rank_state(self):
-        return {"extra": {k: self.extra_state[k].state_dict() for k in self.per_rank_state}, "rng": ckpt.rng_state()}
+        return {"extra": {k: self.extra_state[k].state_dict() for k in self.per_rank_state if k in self.extra_state},
+                "rng": ckpt.rng_state()}
 
     def _restore_rank_state(self, state):
         """Rank r takes entry r of a checkpoint written by ``world_size`` ranks."""

@@ -1,5 +1,6 @@
 """The GAN trainer's settings: one table of defaults, help texts and checks, read by the Python API
-(``GANTrainer``), the ``cbgan-ext train`` flags and the main job, so the three cannot disagree.
+(``GANTrainer``), the ``cbgan-ext train`` flags and the main job, so the three cannot disagree. A method may
+replace some defaults (``Method.defaults``: Softlabel-GAN's BigGAN recipe); given values win over both.
 
 Defaults are the CBGAN paper's (supplementary Table 6, §1.4.1): Adam lr 2e-4, betas (0.5, 0.999), one D
 step per G step, 100k steps, λ by imbalance ratio (10 / 7.5 / 5 for ρ = 100 / 10 / 1), α = 0.5, a cycle of
@@ -46,6 +47,15 @@ def float_check(lo=None, hi=None, lo_open=False, hi_open=False, none_ok=False):
     return check
 
 
+def _policy_check(v):
+    from ..ops.diff_augment import parse_policy
+    try:
+        parse_policy(v)
+    except (ValueError, TypeError, AttributeError):
+        return "a DiffAugment policy: comma-separated words of color, translation, cutout ('' for none)"
+    return None
+
+
 def _choice(*values):
     def check(v):
         return None if v in values else "one of " + ", ".join(map(str, values))
@@ -55,10 +65,13 @@ def _choice(*values):
 
 OPTIONS = {
     "steps": Option(100000, "generator steps (paper: 100k)", int_check(0)),
-    "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan")),
+    "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan", "biggan")),
     "width": Option(1.0, "channel multiplier (1 = the paper's networks)", float_check(0, lo_open=True)),
     "z_dim": Option(128, "latent size", int_check(1)),
     "batch_size": Option(64, "images per D and per G step", int_check(1)),
+    "n_dis": Option(1, "D steps per G step (each on its own real batch)", int_check(1)),
+    "policy": Option("", "DiffAugment policy on D's inputs (comma-separated of color, translation, cutout; "
+                         "'' for none)", _policy_check),
     "lr": Option(2e-4, "Adam learning rate of G and D", float_check(0, lo_open=True)),
     "beta1": Option(0.5, "Adam beta1", float_check(0, 1, hi_open=True)),
     "beta2": Option(0.999, "Adam beta2", float_check(0, 1, hi_open=True)),
@@ -101,9 +114,10 @@ def check_options(values, label=lambda k: k):
             raise ValueError(f"{label(k)}: expected {what}, got {v!r}")
 
 
-def resolve(**given):
-    """The defaults with ``given`` on top, checked."""
+def resolve(method_defaults=None, **given):
+    """The table's defaults, then a method's own defaults (``Method.defaults``), then ``given``, checked."""
     values = {k: o.default for k, o in OPTIONS.items()}
-    check_options(given)
+    values.update(method_defaults or {})
     values.update(given)
+    check_options(values)
     return values

@@ -39,6 +39,8 @@ class Method:
     loss = "relativistic"  # a key of losses.ADVERSARIAL
     cb_regularizer = False  # the CB regularizer on the fakes by default (needs the classifier in the loop)
     in_main_job = False   # trained by `cbgan-ext demo`
+    needs_soft_labels = False  # a classifier's softmax for every training image (GANTrainer(soft_labels=...))
+    defaults = {}         # this method's own defaults for settings of cbgan_ext.train.options (given values win)
 
     def __init__(self, num_classes):
         self.num_classes = int(num_classes)
@@ -55,6 +57,10 @@ class Method:
         if not self.conditional:
             return None
         return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+
+    def real_labels(self, labels, index):
+        """What D is told about a real batch: by default its hard labels; ``index`` are the dataset indices."""
+        return labels
 
     def discriminate(self, D, x, y):
         return D(x, y) if self.d_head != "scalar" else D(x)

@@ -1,0 +1,172 @@
+"""Softlabel-GAN and its baselines on the shared trainer: BigGAN's definitions (the projection output, the
+linear conditional BatchNorm), the label vectors of reals (soft labels index by index, smoothing), n_dis D
+steps, DiffAugment on D's inputs, resume exactness, bad input."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cbgan_ext import cli
+from cbgan_ext.models import build_gan
+from cbgan_ext.models.biggan import LinearConditionalBatchNorm2d
+from cbgan_ext.train import GANTrainer
+from cbgan_ext.train.methods import get_method
+
+K = 5
+
+
+class TinyData(torch.utils.data.Dataset):
+    def __init__(self, n=48, channels=3):
+        g = torch.Generator().manual_seed(1)
+        self.images = torch.rand(n, channels, 32, 32, generator=g) * 2 - 1
+        self.labels = torch.arange(n) % K
+        self.class_counts = torch.bincount(self.labels, minlength=K).tolist()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _soft(n=48, seed=2):
+    return torch.softmax(torch.randn(n, K, generator=torch.Generator().manual_seed(seed)) * 2, dim=1)
+
+
+def _trainer(tmp, method="softlabel-gan", steps=3, **kw):
+    torch.manual_seed(0)
+    settings = dict(steps=steps, width=0.0625, z_dim=16, batch_size=8, ema_start=1, log_every=1, sample_every=0,
+                    ckpt_every=2, seed=4)
+    settings.update(kw)
+    soft = _soft() if get_method(method).needs_soft_labels else None
+    return GANTrainer(TinyData(), str(tmp), method=method, soft_labels=soft, progress=False, **settings)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_biggan_projection_output_is_psi_plus_label_weighted_embedding(size):
+    G, D = build_gan("biggan", channels=3, image_size=size, width=0.125, num_classes=K, d_head="projection")
+    D.eval()
+    x = torch.randn(6, 3, size, size, dtype=torch.float64)
+    D.double()
+    y_soft = torch.softmax(torch.randn(6, K, dtype=torch.float64), 1)
+    y_hard = torch.randint(0, K, (6,))
+    with torch.no_grad():
+        h = D.features(x)
+        E = D.head.class_embedding  # [K, L], spectrally normalised
+        psi = h @ D.head.psi.normalized_weight().t() + D.head.psi.bias
+        want_soft = psi.squeeze(1) + (y_soft[:, :, None] * E[None] * h[:, None, :]).sum(dim=(1, 2))
+        want_hard = psi.squeeze(1) + (E[y_hard] * h).sum(1)
+        torch.testing.assert_close(D(x, y_soft), want_soft)
+        torch.testing.assert_close(D(x, y_hard), want_hard)
+        torch.testing.assert_close(D(x, F.one_hot(y_hard, K).double()), want_hard)
+    assert h.shape[1] == D.feature_dim
+
+
+def test_biggan_generator_linear_conditional_batchnorm():
+    bn = LinearConditionalBatchNorm2d(4, K).double().eval()
+    with torch.no_grad():
+        bn.bn.running_mean.uniform_(-1, 1), bn.bn.running_var.uniform_(0.5, 2)
+        bn.gain.weight.normal_(), bn.bias.weight.normal_()
+    x, y = torch.randn(3, 4, 5, 5, dtype=torch.float64), torch.softmax(torch.randn(3, K, dtype=torch.float64), 1)
+    norm = (x - bn.bn.running_mean[:, None, None]) / torch.sqrt(bn.bn.running_var[:, None, None] + bn.bn.eps)
+    want = norm * (1 + y @ bn.gain.weight.t())[:, :, None, None] + (y @ bn.bias.weight.t())[:, :, None, None]
+    torch.testing.assert_close(bn(x, y), want)
+    assert bn.gain.bias is None and bn.bias.bias is None  # bias-free maps, not spectrally normalised
+    G, _ = build_gan("biggan", channels=1, image_size=32, width=0.125, num_classes=K, d_head="projection")
+    G.eval()
+    z, yh = torch.randn(4, 128), torch.tensor([0, 3, 4, 1])
+    torch.testing.assert_close(G(z, yh), G(z, F.one_hot(yh, K).float()))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\)"):
+        G(z, torch.tensor([0, 5, 1, 1]))
+
+
+def test_label_vectors_of_reals():
+    labels, index = torch.tensor([0, 2, 4]), torch.tensor([7, 0, 31])
+    smooth = get_method("smooth-gan")(K).real_labels(labels, index)
+    want = torch.full((3, K), 0.1 / K)
+    want[torch.arange(3), labels] = 0.9 + 0.1 / K  # y(1 - α) + α/K, the paper's formula: sums to 1
+    torch.testing.assert_close(smooth, want)
+    assert torch.equal(get_method("diffaug-gan")(K).real_labels(labels, index), labels)  # one-hot via gather
+    m = get_method("softlabel-gan")(K)
+    m.soft_table = _soft()
+    assert torch.equal(m.real_labels(labels, index), _soft()[index])  # the row of that very image
+
+
+def test_soft_labels_follow_the_training_subset_index_by_index(tmp_path, one_thread):
+    pytest.importorskip("sklearn")
+    from cbgan_ext.data import get_dataset
+    from cbgan_ext.models.classifier import load_classifier
+    from cbgan_ext.train.classifier import soft_labels, train_classifier
+    ckpt = str(tmp_path / "clf.pt")
+    train_classifier(ckpt, dataset="digits", imbalance_ratio=10.0, image_size=32, depth=8, width=0.25, epochs=0.2,
+                     progress=False, log=lambda s: None)
+    data = get_dataset("digits", "train", image_size=32, imbalance_ratio=10.0, seed=0)
+    table = soft_labels(ckpt, data, use_cache=False)
+    model = load_classifier(ckpt).eval()
+    idx = torch.tensor([len(data) - 1, 0, 17, 3])
+    with torch.no_grad():
+        want = torch.softmax(model(data.float_images()[idx]), 1)
+    t = GANTrainer(data, str(tmp_path / "run"), method="softlabel-gan", soft_labels=table, progress=False,
+                   steps=0, width=0.0625)
+    torch.testing.assert_close(t.method.real_labels(data.labels[idx], idx), want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(want.argmax(1), want.argmin(1))  # a real softmax, not a constant
+
+
+def test_n_dis_d_steps_per_g_step_and_diffaugment_on_d_inputs(tmp_path):
+    t = _trainer(tmp_path / "a", method="diffaug-gan", steps=2)
+    t.run()
+    d_steps = t.optimizers["D"].state[next(iter(t.D.parameters()))]["step"]
+    g_steps = t.optimizers["G"].state[next(iter(t.G.parameters()))]["step"]
+    assert int(d_steps) == 8 and int(g_steps) == 2  # n_dis = 4, the released scripts'
+    plain = _trainer(tmp_path / "b", method="diffaug-gan", steps=2, policy="")
+    plain.run()  # the same streams without augmentation: other weights, and no augmentation stream
+    assert "aug_rng" in t.extra_state and "aug_rng" not in plain.extra_state
+    assert not torch.equal(t.G.state_dict()["linear.weight_orig"], plain.G.state_dict()["linear.weight_orig"])
+
+
+def test_softlabel_gan_resumes_exactly(tmp_path, one_thread):
+    full = _trainer(tmp_path / "full", steps=4)
+    full.run()
+    _trainer(tmp_path / "part", steps=2).run()
+    resumed = _trainer(tmp_path / "part", steps=4)
+    resumed.run()
+    for name in ("G", "D"):
+        a, b = full.modules[name].state_dict(), resumed.modules[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = full.ema.model.state_dict(), resumed.ema.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_input_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="needs soft labels"):
+        GANTrainer(TinyData(), str(tmp_path / "a"), method="softlabel-gan", progress=False)
+    with pytest.raises(ValueError, match=r"soft_labels must be \[48, 5\]"):
+        GANTrainer(TinyData(), str(tmp_path / "b"), method="softlabel-gan", soft_labels=_soft(40), progress=False)
+    with pytest.raises(ValueError, match=r"soft_labels must be \[48, 5\]"):
+        GANTrainer(TinyData(), str(tmp_path / "c"), method="softlabel-gan", soft_labels=torch.rand(48, 6),
+                   progress=False)
+    with pytest.raises(ValueError, match="policy: expected a DiffAugment policy"):
+        _trainer(tmp_path / "d", method="diffaug-gan", policy="translation,zoom")
+    with pytest.raises(ValueError, match="biggan is the conditional G / projection D pair"):
+        _trainer(tmp_path / "e", method="gan", arch="biggan")
+
+
+def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsys, one_thread):
+    pytest.importorskip("sklearn")
+    from cbgan_ext.train.classifier import train_classifier
+    ckpt = str(tmp_path / "clf.pt")
+    train_classifier(ckpt, dataset="digits", imbalance_ratio=10.0, image_size=32, depth=8, width=0.25, epochs=0.2,
+                     progress=False, log=lambda s: None)
+    run = str(tmp_path / "run")
+    argv = ["train", "--dataset", "digits", "--imbalance", "10", "--image-size", "32", "--method", "softlabel-gan",
+            "--soft-labels", ckpt, "--width", "0.0625", "--steps", "2", "--batch-size", "8", "--no-progress",
+            "--sample-every", "0", "--n-dis", "2"]
+    assert cli.main(argv + ["--out", run]) == 0
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert config["arch"] == "biggan" and config["n_dis"] == 2 and config["policy"] == "translation,cutout"
+    assert config["beta1"] == 0.0 and config["soft_labels"] == ckpt and len(config["soft_labels_sha256"]) == 16
+    assert cli.main(["sample", "--run", run, "--class", "3", "--n", "4", "--out", str(tmp_path / "c3.png")]) == 0
+    capsys.readouterr()
+    assert cli.main(argv + ["--out", str(tmp_path / "bad"), "--policy", "zoom"]) == 2
+    assert "--policy" in capsys.readouterr().err
