@@ -6,7 +6,7 @@ Each configuration runs in fresh processes (spawned, file rendezvous) that time 
 the two configurations alternate for several rounds so machine noise falls on both. The result is in the
 row's extra_info: the median step time of each, their ratio, and the bytes each rank sends per step, counted
 from the tensors the step reduces or broadcasts (DDP's gradient all-reduce of G and of D, the buffers DDP
-sends from rank 0 at each of the four forwards, and the CB regularizer's 2K + 1 numbers).
+sends from rank 0 before G's first forward and D's two, and the CB regularizer's 2K + 1 numbers).
 """
 import os
 import statistics
@@ -54,7 +54,9 @@ def _worker(rank, world, threads, init, out):
         def nbytes(tensors):
             return sum(x.numel() * x.element_size() for x in tensors)
         grads = nbytes(t.G.parameters()) + nbytes(t.D.parameters())
-        buffers = 2 * nbytes(t.G.buffers()) + 2 * nbytes(t.D.buffers())
+        # DDP sends buffers at a forward unless the previous forward ran without grad: G once (the D step's
+        # no-grad forward), D twice (real and fake in the D step)
+        buffers = nbytes(t.G.buffers()) + 2 * nbytes(t.D.buffers())
         torch.save(dict(times=times[WARMUP:], grad_bytes=grads, buffer_bytes=buffers,
                         reg_bytes=(2 * K + 1) * 4), out)
     if world > 1:

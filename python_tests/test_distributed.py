@@ -198,6 +198,68 @@ def test_gan_ranks_stay_identical_and_a_two_rank_run_resumes_exactly(tmp_path):
         t.run()
 
 
+def _fixed_batches(trainer, rank, world, steps=2):
+    """Make the trainer draw step s's global batch (fixed images, labels, latents) and take its rank's slice."""
+    g = torch.Generator().manual_seed(11)
+    B = trainer.batch_size
+    batches = [(torch.rand(B, 1, 32, 32, generator=g) * 2 - 1, torch.randint(0, 10, (B,), generator=g),
+                torch.randn(2, B, trainer.z_dim, generator=g)) for _ in range(steps)]
+    state = {"step": 0, "noise": 0}
+    share = slice(rank * B // world, (rank + 1) * B // world)
+
+    def real_batch():
+        x, y, _ = batches[state["step"]]
+        return x[share], y[share], torch.arange(B)[share]
+
+    def noise(n):
+        z = batches[state["step"]][2][state["noise"]][share]
+        state["noise"] += 1
+        return z
+
+    def step(i):
+        state["step"], state["noise"] = i, 0
+        return trainer.train_step(i)
+    trainer._real_batch, trainer._noise = real_batch, noise
+    return step
+
+
+def _same_batch_worker(rank, world, init, out):
+    if world > 1:
+        _init(rank, world, init)
+    from cbgan_ext.train.gan import GANTrainer
+    torch.manual_seed(0)
+    t = GANTrainer(_digits(), out + f"-{rank}", method="cbgan", classifier=_tiny_classifier(10), progress=False,
+                   arch="sndcgan", width=0.125, steps=2, batch_size=8, cycle=1, lam=5.0, sample_every=0)
+    # SGD, not Adam: Adam's first steps hardly depend on the gradient's scale, SGD's show it
+    t.optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.05) for k, m in t.modules.items()}
+    step = _fixed_batches(t, rank, world)
+    t.D.train()
+    t.G.eval()  # BatchNorm from running statistics: each sample on its own, so the math allows the split
+    g0 = {k: v.clone() for k, v in t.G.state_dict().items()}
+    for i in range(2):
+        step(i)
+    if rank == 0:
+        torch.save(dict(G=t.G.state_dict(), D=t.D.state_dict(), n_hat=t.reg.effective_count.clone(), G0=g0),
+                   out + f"-w{world}.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cbgan_steps_on_two_ranks_equal_one_process_on_the_same_global_batch(tmp_path):
+    pytest.importorskip("sklearn")
+    out = str(tmp_path / "run")
+    _same_batch_worker(0, 1, None, out)
+    _spawn(_same_batch_worker, tmp_path / "rdzv", out)
+    one, two = torch.load(out + "-w1.pt"), torch.load(out + "-w2.pt")
+    for name in ("G", "D"):
+        for k in one[name]:
+            torch.testing.assert_close(two[name][k], one[name][k], rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    assert torch.equal(two["n_hat"], one["n_hat"])
+    # the steps moved the weights (so the comparison is not of two initialisations)
+    assert not torch.allclose(one["G"]["linear.weight"], one["G0"]["linear.weight"], atol=1e-4)
+
+
 # ---- torchrun --------------------------------------------------------------------------------------------
 
 def _torchrun(args, cwd, **kw):
