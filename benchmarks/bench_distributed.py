@@ -15,22 +15,9 @@ import tempfile
 import torch
 import torch.multiprocessing as mp
 
+from _data import RandomImages
+
 STEPS, WARMUP, ROUNDS, BATCH, K = 12, 3, 3, 64, 10
-
-
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, n=2048):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
-        self.labels = torch.randint(0, K, (n,), generator=g)
-        self.class_counts = torch.bincount(self.labels, minlength=K).tolist()
-        self.imbalance_ratio = 100.0
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
 
 
 def _worker(rank, world, threads, init, out):
@@ -43,7 +30,7 @@ def _worker(rank, world, threads, init, out):
         dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     torch.manual_seed(0)
     clf = CifarResNet(K, 1, depth=8, width=0.5).eval().requires_grad_(False)
-    t = GANTrainer(_Data(), tempfile.mkdtemp(), method="cbgan", classifier=clf, width=0.25, batch_size=BATCH,
+    t = GANTrainer(RandomImages(), tempfile.mkdtemp(), method="cbgan", classifier=clf, width=0.25, batch_size=BATCH,
                    cycle=50, weighting="official", lam=5.0, progress=False, seed=0)
     times = []
     for step in range(WARMUP + STEPS):

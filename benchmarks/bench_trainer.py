@@ -20,20 +20,7 @@ from cbgan_ext.nn import CBRegularizer
 from cbgan_ext.train import GANTrainer
 from cbgan_ext.train.loop import EMA
 
-
-class _Data(torch.utils.data.Dataset):
-    def __init__(self, n=2048, K=10):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
-        self.labels = torch.randint(0, K, (n,), generator=g)
-        self.class_counts = torch.bincount(self.labels, minlength=K).tolist()
-        self.imbalance_ratio = 100.0
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
+from _data import RandomImages
 
 
 def _classifier():
@@ -42,14 +29,14 @@ def _classifier():
 
 
 def registry_step():
-    t = GANTrainer(_Data(), tempfile.mkdtemp(), method="cbgan", classifier=_classifier(), width=0.25, batch_size=64,
+    t = GANTrainer(RandomImages(), tempfile.mkdtemp(), method="cbgan", classifier=_classifier(), width=0.25, batch_size=64,
                    cycle=50, weighting="official", lam=5.0, progress=False, seed=0)
     counter = iter(range(10 ** 9))
     return lambda: t.train_step(next(counter))
 
 
 def plain_step():
-    data, clf = _Data(), _classifier()
+    data, clf = RandomImages(), _classifier()
     torch.manual_seed(0)
     G, D = build_gan("sndcgan", channels=1, width=0.25)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
