@@ -338,3 +338,20 @@ def test_torchrun_train_classifier(tmp_path):
     assert info["finished"] and len(info["ranks"]) == WORLD
     assert info["seen"] == 0 and len(info["history"]) == 2 and info["balanced_accuracy"] is not None
     assert all(0 <= h["train_accuracy"] <= 1 for h in info["history"])
+
+
+def test_a_torchrun_restart_resumes_only_its_own_classifier_checkpoint(tmp_path, monkeypatch, capsys, one_thread):
+    pytest.importorskip("sklearn")
+    from cbgan_ext import cli
+    out = str(tmp_path / "clf.pt")
+    argv = ["train-classifier", "--dataset", "digits", "--imbalance", "10", "--image-size", "32", "--depth", "8",
+            "--width", "0.25", "--epochs", "0.3", "--out", out, "--no-progress"]
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    assert cli.main(argv) == 0  # attempt 0 of job-a writes it
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    capsys.readouterr()
+    assert cli.main(argv[:-3] + ["--epochs", "0.6", "--out", out, "--no-progress"]) == 0  # job-a's restart resumes
+    assert "resumed" in capsys.readouterr().err
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")  # another job's restart: the file is not its own
+    assert cli.main(argv) == 1
+    assert "exists" in capsys.readouterr().err
