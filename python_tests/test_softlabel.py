@@ -170,3 +170,28 @@ def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsy
     capsys.readouterr()
     assert cli.main(argv + ["--out", str(tmp_path / "bad"), "--policy", "zoom"]) == 2
     assert "--policy" in capsys.readouterr().err
+
+
+def test_intra_fd_is_the_per_class_fd_against_that_class_of_the_test_split():
+    from cbgan_ext.metrics import ClassifierFeatures, FeatureStats, frechet_distance
+    from cbgan_ext.train import Evaluator
+    from cbgan_ext.train.evaluate import batched, generate
+    torch.manual_seed(0)
+    ann = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 6), torch.nn.ReLU(),
+                              torch.nn.Linear(6, K))
+    ann.features = lambda x: ann[:3](x)  # the interface ClassifierFeatures reads
+    real = torch.rand(60, 3, 32, 32) * 2 - 1
+    real_y = torch.arange(60) % K
+    G, _ = build_gan("biggan", channels=3, image_size=32, width=0.0625, num_classes=K, d_head="projection")
+    ev = Evaluator(ann, real, K, n=40, fid="annotator", real_labels=real_y)
+    res = ev(G, z_dim=128, conditional=True)
+    fakes, labels = generate(G, 40, z_dim=128, num_classes=K, conditional=True,
+                             generator=torch.Generator().manual_seed(ev.seed))
+    feats = ClassifierFeatures(ann)
+    ff, rf = batched(feats, fakes), batched(feats, real)
+    for k in range(K):
+        want = frechet_distance(FeatureStats(ff[labels.numpy() == k]), FeatureStats(rf[real_y.numpy() == k]))
+        assert res["intra_fd"][k] == pytest.approx(want, rel=1e-6)
+    assert res["intra_fd_mean"] == pytest.approx(sum(res["intra_fd"]) / K)
+    assert res["class_consistency"] == res["label_accuracy"]
+    assert "intra_fd" not in Evaluator(ann, real, K, n=40, fid="annotator")(G, z_dim=128, conditional=True)

@@ -7,7 +7,10 @@ whose feature statistics it computes once and caches. Metrics:
 * ``histogram``, ``kl``: the annotator's class histogram of the fakes and its KL to uniform (CBGAN);
 * ``fd`` (named by ``fd_name``): Fréchet distance on the annotator's penultimate features (FD-annotator);
 * ``fid``: clean-fid's FID when its Inception weights are present (``fid="auto"``) or asked for;
-* ``label_accuracy`` (conditional runs): how often the annotator agrees with the class asked for;
+* ``label_accuracy`` (conditional runs; also named ``class_consistency``, Softlabel-GAN's term): how often the
+  annotator agrees with the class asked for;
+* ``intra_fd`` (conditional runs, when the test split's labels are known): per class k, FD-annotator between
+  the fakes asked for class k and the test images of class k (a list by class), with its mean and std;
 * ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
   test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
   and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
@@ -62,26 +65,44 @@ class Evaluator:
     """Metrics of generated images against the balanced test split. ``real_images``: float [N, C, H, W] in
     [−1, 1] (the balanced test split); ``annotator``: a classifier with ``features``."""
 
-    def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu"):
+    def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu",
+                 real_labels=None):
         if fid not in FID_MODES:
             raise ValueError(f"Evaluator: fid must be one of {FID_MODES}, got {fid!r}")
         if int(n) < 2:
             raise ValueError(f"Evaluator: n must be >= 2 generated images, got {n}")
         if real_images.shape[0] < 2:
             raise ValueError(f"Evaluator: the real split needs >= 2 images, got {real_images.shape[0]}")
+        if real_labels is not None and len(real_labels) != real_images.shape[0]:
+            raise ValueError(f"Evaluator: {len(real_labels)} real labels for {real_images.shape[0]} real images")
         self.annotator = annotator.eval()
         self.real_images, self.num_classes = real_images, int(num_classes)
+        self.real_labels = None if real_labels is None else torch.as_tensor(real_labels).cpu()
+        self._real_feats = None
         self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
         self._real, self._real_inception, self._inception, self._real_conf = None, None, None, None
 
     @classmethod
     def for_dataset_config(cls, annotator, dataset_config, num_classes, **kw):
-        return cls(annotator, balanced_test_split(dataset_config).float_images(), num_classes, **kw)
+        real = balanced_test_split(dataset_config)
+        return cls(annotator, real.float_images(), num_classes, real_labels=real.labels, **kw)
 
     def real_stats(self):
         if self._real is None:
-            self._real = FeatureStats(batched(ClassifierFeatures(self.annotator), self.real_images))
+            self._real_feats = batched(ClassifierFeatures(self.annotator), self.real_images)
+            self._real = FeatureStats(self._real_feats)
         return self._real
+
+    def intra_fd(self, fake_feats, labels):
+        """FD-annotator per class (None where either side has < 2 images), mean and std over the classes."""
+        self.real_stats()
+        real_y, fake_y = self.real_labels.numpy(), labels.numpy()
+        per_class = []
+        for k in range(self.num_classes):
+            a, b = fake_feats[fake_y == k], self._real_feats[real_y == k]
+            per_class.append(frechet_distance(FeatureStats(a), FeatureStats(b)) if min(len(a), len(b)) >= 2 else None)
+        known = [v for v in per_class if v is not None]
+        return per_class, (float(np.mean(known)) if known else None), (float(np.std(known)) if known else None)
 
     def _inception_features(self):
         from ..metrics import InceptionFeatures, inception_available
@@ -96,13 +117,16 @@ class Evaluator:
     def metrics(self, fakes, labels=None):
         pred, conf = annotate(self.annotator, fakes)
         hist = class_histogram(pred, self.num_classes)
-        fd = frechet_distance(FeatureStats(batched(ClassifierFeatures(self.annotator), fakes)), self.real_stats())
+        fake_feats = batched(ClassifierFeatures(self.annotator), fakes)
+        fd = frechet_distance(FeatureStats(fake_feats), self.real_stats())
         if self._real_conf is None:
             self._real_conf = float(annotate(self.annotator, self.real_images)[1].double().mean())
         res = {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist(),
                "n": int(fakes.shape[0]), "confidence": float(conf.double().mean()), "real_confidence": self._real_conf}
         if labels is not None:
-            res["label_accuracy"] = float((pred == labels).double().mean())
+            res["label_accuracy"] = res["class_consistency"] = float((pred == labels).double().mean())
+            if self.real_labels is not None:
+                res["intra_fd"], res["intra_fd_mean"], res["intra_fd_std"] = self.intra_fd(fake_feats, labels)
         inc = self._inception_features()
         if inc is not None:
             res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), self._real_inception)

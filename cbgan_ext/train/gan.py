@@ -307,7 +307,8 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     ann = load_classifier(ann_path, map_location=device)
     real = balanced_test_split(c["dataset"])
     check_classifier(ann, real[0][0], run.num_classes, f"annotator {ann_path}")
-    ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device)
+    ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
+                   real_labels=real.labels)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional)
     res.update(step=run.step, checkpoint=checkpoint, method=run.method)
     return res
