@@ -103,7 +103,7 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not pinned or listed: pip would otherwise replace the user's (CUDA) build.
     install_requires=["numpy", "tqdm", "clean-fid", "scipy", "matplotlib", "pillow"],
-    extras_require={"digits": ["scikit-learn"], "test": ["pytest", "pytest-benchmark", "expecttest",
-                                                         "scikit-learn"]},
+    extras_require={"digits": ["scikit-learn"], "metrics": ["prdc"],
+                    "test": ["pytest", "pytest-benchmark", "expecttest", "scikit-learn", "prdc"]},
     zip_safe=False,
 )

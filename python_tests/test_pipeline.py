@@ -64,7 +64,7 @@ def test_setup_declares_every_third_party_import():
     declared = {x.strip().strip('"').strip("'").lower() for x in required.split(",") if x.strip()}
     extras = re.search(r"extras_require=\{(.*?)\}\s*,\n", src, re.S).group(1).lower()
     dist = {"cleanfid": "clean-fid", "PIL": "pillow", "sklearn": "scikit-learn", "numpy": "numpy", "scipy": "scipy",
-            "tqdm": "tqdm", "matplotlib": "matplotlib"}
+            "tqdm": "tqdm", "matplotlib": "matplotlib", "prdc": "prdc"}
     provided = {"torch", "torchvision"}  # the user's own build (torchvision also comes with clean-fid)
     stdlib = set(__import__("sys").stdlib_module_names) | {"cbgan_ext"}
     for mod in sorted(_third_party_imports() - stdlib - provided):

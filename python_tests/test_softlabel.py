@@ -194,4 +194,10 @@ def test_intra_fd_is_the_per_class_fd_against_that_class_of_the_test_split():
         assert res["intra_fd"][k] == pytest.approx(want, rel=1e-6)
     assert res["intra_fd_mean"] == pytest.approx(sum(res["intra_fd"]) / K)
     assert res["class_consistency"] == res["label_accuracy"]
+    prdc = pytest.importorskip("prdc")
+    want = prdc.compute_prdc(rf, ff, nearest_k=5)
+    assert res["prdc"] == pytest.approx({k: float(v) for k, v in want.items()})
+    per_class = [prdc.compute_prdc(rf[real_y.numpy() == k], ff[labels.numpy() == k], nearest_k=5) for k in range(K)]
+    for key in want:
+        assert res["intra_prdc"][key] == pytest.approx(sum(float(p[key]) for p in per_class) / K)
     assert "intra_fd" not in Evaluator(ann, real, K, n=40, fid="annotator")(G, z_dim=128, conditional=True)

@@ -11,6 +11,9 @@ whose feature statistics it computes once and caches. Metrics:
   annotator agrees with the class asked for;
 * ``intra_fd`` (conditional runs, when the test split's labels are known): per class k, FD-annotator between
   the fakes asked for class k and the test images of class k (a list by class), with its mean and std;
+* ``prdc`` (conditional runs, or ``Evaluator(prdc=True)``; needs the ``prdc`` package, ``pip install
+  .[metrics]``, else ``prdc_skipped`` says why): precision, recall, density and coverage (k = 5) of the fakes
+  against the test split in the annotator's feature space, and ``intra_prdc``, their mean over the classes;
 * ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
   test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
   and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
@@ -21,6 +24,18 @@ import torch
 from ..metrics import ClassifierFeatures, FeatureStats, class_histogram, frechet_distance, kl_to_uniform
 
 FID_MODES = ("auto", "inception", "annotator")
+PRDC_K = 5
+
+
+def prdc(real_feats, fake_feats, k=PRDC_K):
+    """The ``prdc`` package's precision, recall, density, coverage; None when it is not installed."""
+    try:
+        from prdc import compute_prdc
+    except ImportError:
+        return None
+    if min(len(real_feats), len(fake_feats)) <= k:
+        return None
+    return {key: float(v) for key, v in compute_prdc(real_feats, fake_feats, nearest_k=k).items()}
 
 
 def balanced_test_split(dataset_config):
@@ -66,7 +81,7 @@ class Evaluator:
     [−1, 1] (the balanced test split); ``annotator``: a classifier with ``features``."""
 
     def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu",
-                 real_labels=None):
+                 real_labels=None, prdc=None):
         if fid not in FID_MODES:
             raise ValueError(f"Evaluator: fid must be one of {FID_MODES}, got {fid!r}")
         if int(n) < 2:
@@ -79,6 +94,7 @@ class Evaluator:
         self.real_images, self.num_classes = real_images, int(num_classes)
         self.real_labels = None if real_labels is None else torch.as_tensor(real_labels).cpu()
         self._real_feats = None
+        self.prdc = prdc  # None: for conditional runs only (it costs an N x N distance matrix per call)
         self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
         self._real, self._real_inception, self._inception, self._real_conf = None, None, None, None
 
@@ -104,6 +120,13 @@ class Evaluator:
         known = [v for v in per_class if v is not None]
         return per_class, (float(np.mean(known)) if known else None), (float(np.std(known)) if known else None)
 
+    def intra_prdc(self, fake_feats, labels):
+        """PRDC within each class (fakes asked for k against the test images of k), averaged over the classes."""
+        real_y, fake_y = self.real_labels.numpy(), labels.numpy()
+        per_class = [prdc(self._real_feats[real_y == k], fake_feats[fake_y == k]) for k in range(self.num_classes)]
+        known = [p for p in per_class if p is not None]
+        return {key: float(np.mean([p[key] for p in known])) for key in known[0]} if known else None
+
     def _inception_features(self):
         from ..metrics import InceptionFeatures, inception_available
         if self.fid == "annotator" or (self.fid == "auto" and not inception_available()):
@@ -123,10 +146,17 @@ class Evaluator:
             self._real_conf = float(annotate(self.annotator, self.real_images)[1].double().mean())
         res = {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist(),
                "n": int(fakes.shape[0]), "confidence": float(conf.double().mean()), "real_confidence": self._real_conf}
+        if self.prdc or (self.prdc is None and labels is not None):
+            res["prdc"] = prdc(self._real_feats, fake_feats)
+            if res["prdc"] is None:
+                del res["prdc"]
+                res["prdc_skipped"] = "the prdc package is not installed (pip install prdc), or too few images"
         if labels is not None:
             res["label_accuracy"] = res["class_consistency"] = float((pred == labels).double().mean())
             if self.real_labels is not None:
                 res["intra_fd"], res["intra_fd_mean"], res["intra_fd_std"] = self.intra_fd(fake_feats, labels)
+                if "prdc" in res:
+                    res["intra_prdc"] = self.intra_prdc(fake_feats, labels)
         inc = self._inception_features()
         if inc is not None:
             res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), self._real_inception)
