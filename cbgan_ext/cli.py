@@ -97,11 +97,15 @@ def _flag(key):
 
 def add_dataset_arguments(p, imbalance_default=1.0):
     from .data import PROFILES, list_datasets
+    from .data.long_tailed import SELECTIONS
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(list_datasets())}")
     p.add_argument("--root", default=None, help="dataset directory (default: system files, then $CBGAN_EXT_DATA)")
     p.add_argument("--imbalance", type=float, default=imbalance_default, metavar="RHO",
                    help="imbalance ratio rho = largest/smallest class (>= 1)")
     p.add_argument("--profile", default="exp", choices=PROFILES, help="long-tail profile (default exp, as LDAM/CBGAN)")
+    p.add_argument("--selection", default="shuffle", choices=SELECTIONS,
+                   help="which images a class keeps: a seeded shuffle (LDAM's) or the first in dataset order "
+                        "(the Softlabel-GAN code's)")
     p.add_argument("--n-max", type=int, default=None, help="scale of the profile (default: smallest class; 5000 for "
                    "the Softlabel-GAN profiles)")
     p.add_argument("--image-size", type=int, default=None, help="pad/resize to this square size (fashion-mnist 32)")
@@ -188,7 +192,7 @@ def _train_classifier_with(train_classifier, args, device):
         args.out, resume=args.resume or ours, overwrite=args.overwrite and not ours,
         progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
-        n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
+        selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
         loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
@@ -259,7 +263,8 @@ def _run_train(args):
     try:
         data = dist.local_main_first(lambda: get_dataset(
             args.dataset, "train", root=args.root, image_size=args.image_size, imbalance_ratio=args.imbalance,
-            profile=args.profile, n_max=args.n_max, seed=args.seed, download=args.download))
+            profile=args.profile, n_max=args.n_max, seed=args.seed, download=args.download,
+            selection=args.selection))
         clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
         ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
         soft = None

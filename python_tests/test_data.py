@@ -269,3 +269,22 @@ def test_list_datasets():
     assert isinstance(get_dataset("digits", split="test"), ImageDataset)
     assert math.isclose(get_dataset("digits", split="test").float_images().mean().item(),
                         get_dataset("digits", split="test").images.float().mean().item() / 127.5 - 1, rel_tol=1e-5)
+
+
+def test_first_selection_keeps_the_first_images_of_each_class_in_dataset_order():
+    pytest.importorskip("sklearn")
+    full = get_dataset("digits", "train")
+    first = get_dataset("digits", "train", imbalance_ratio=10.0, selection="first")
+    shuffled = get_dataset("digits", "train", imbalance_ratio=10.0)
+    assert first.class_counts == shuffled.class_counts
+    labels = full.labels
+    for k, n in enumerate(first.class_counts):
+        want = torch.nonzero(labels == k).flatten()[:n]
+        assert torch.equal(first.indices[first.labels == k], want)
+    assert not torch.equal(first.indices, shuffled.indices)
+    assert first.config["selection"] == "first" and "selection" not in shuffled.config  # older configs match
+    from cbgan_ext.data import dataset_from_config
+    again = dataset_from_config(first.config)
+    assert torch.equal(again.indices, first.indices)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        get_dataset("digits", "train", selection="last")

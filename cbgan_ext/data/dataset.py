@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .long_tailed import PROFILES, SOFTLABEL_DEFAULT_N, SOFTLABEL_PROFILES, long_tailed_counts, long_tailed_indices
+from .long_tailed import (PROFILES, SELECTIONS, SOFTLABEL_DEFAULT_N, SOFTLABEL_PROFILES, long_tailed_counts,
+                          long_tailed_indices)
 from .sources import SOURCES
 
 RESIZE_MODES = ("auto", "pad", "resize")
@@ -104,7 +105,8 @@ def list_datasets():
 
 
 def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio=1.0, profile="exp", seed=0, *,
-                n_max=None, minority_class=0, drop_fraction=None, download=False, resize_mode="auto", channels=None):
+                n_max=None, minority_class=0, drop_fraction=None, download=False, resize_mode="auto", channels=None,
+                selection="shuffle"):
     """A dataset of (image float CHW in [−1, 1], label), optionally a long-tailed subset.
 
     name: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``digits`` or ``folder`` (``root`` an
@@ -114,7 +116,8 @@ def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio
     Subset: ``long_tailed_counts(n_max, K, imbalance_ratio, profile, seed=seed, ...)`` with n_max the smallest
     class of the split (LDAM's 5000 for CIFAR-10) or, for Softlabel-GAN's profiles, 5000 (the paper's
     value); pass ``n_max`` to change it. With imbalance_ratio 1 and profile "exp"/"step" the split is kept
-    whole. The kept images of each class are chosen by a shuffle seeded by ``seed``: deterministic.
+    whole. The kept images of each class are chosen by a shuffle seeded by ``seed``: deterministic;
+    ``selection="first"`` keeps the first ones of each class in dataset order (the Softlabel-GAN code's).
     ``download=True`` lets torchvision fetch mnist/fashion-mnist/cifar (never by default).
     """
     key = str(name).lower().replace("_", "-")
@@ -124,6 +127,8 @@ def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio
         raise ValueError(f"get_dataset: unknown dataset {name!r}; available: {', '.join(list_datasets())}")
     if profile not in PROFILES:
         raise ValueError(f"get_dataset: unknown profile {profile!r}; choose one of {PROFILES}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"get_dataset: selection must be one of {SELECTIONS}, got {selection!r}")
     rho = float(imbalance_ratio)
     if not rho >= 1.0:
         raise ValueError(f"get_dataset: imbalance_ratio must be >= 1 (largest class / smallest class), "
@@ -161,7 +166,7 @@ def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio
         counts_asked = long_tailed_counts(scale, num_classes, rho, profile, seed=seed, minority_class=minority_class,
                                           drop_fraction=drop_fraction)
         try:
-            indices = long_tailed_indices(labels.numpy(), counts_asked, seed=seed)
+            indices = long_tailed_indices(labels.numpy(), counts_asked, seed=seed, selection=selection)
         except ValueError as e:
             raise ValueError(f"get_dataset: {key} ({split}) cannot hold the {profile!r} subset {counts_asked} "
                              f"(the split has {full_counts.tolist()} per class): {e}") from None
@@ -172,6 +177,8 @@ def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio
                   image_size=None if image_size is None else int(image_size), imbalance_ratio=rho, profile=profile,
                   seed=int(seed), n_max=n_max, minority_class=minority_class, drop_fraction=drop_fraction,
                   resize_mode=resize_mode, channels=channels)
+    if selection != "shuffle":  # recorded only when not the default, so that older run configs still match
+        config["selection"] = selection
     return ImageDataset(images, labels, num_classes, classes, indices, config)
 
 
@@ -183,4 +190,5 @@ def dataset_from_config(config, **overrides):
                        imbalance_ratio=c.get("imbalance_ratio", 1.0), profile=c.get("profile", "exp"),
                        seed=c.get("seed", 0), n_max=c.get("n_max"), minority_class=c.get("minority_class", 0),
                        drop_fraction=c.get("drop_fraction"), resize_mode=c.get("resize_mode", "auto"),
-                       channels=c.get("channels"), download=c.get("download", False))
+                       channels=c.get("channels"), download=c.get("download", False),
+                       selection=c.get("selection", "shuffle"))

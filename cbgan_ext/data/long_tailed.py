@@ -16,7 +16,8 @@ Profiles (K classes, n_max the scale, ρ the imbalance ratio):
 
 The images kept for class k are the first n_k of that class's indices after a shuffle by
 ``np.random.RandomState(seed)``, classes in order 0..K−1: LDAM's ``IMBALANCECIFAR10`` with
-``rand_number=seed`` keeps the same images.
+``rand_number=seed`` keeps the same images. ``selection="first"`` keeps the first n_k of each class in
+dataset order instead, as the Softlabel-GAN code does, so that its subset is reproduced exactly.
 """
 import math
 
@@ -25,6 +26,7 @@ import numpy as np
 PROFILES = ("exp", "step", "lognormal", "chi2", "pareto", "bagan")
 SOFTLABEL_PROFILES = ("lognormal", "chi2", "pareto")
 SOFTLABEL_DEFAULT_N = 5000  # the paper's num_samples
+SELECTIONS = ("shuffle", "first")
 
 
 def _norm_cdf(x):
@@ -104,11 +106,14 @@ def long_tailed_counts(n_max, num_classes, imbalance_ratio=1.0, profile="exp", *
     return counts
 
 
-def long_tailed_indices(labels, counts, seed=0):
-    """Indices into ``labels`` keeping counts[k] samples of class k (LDAM's selection, see module doc).
+def long_tailed_indices(labels, counts, seed=0, selection="shuffle"):
+    """Indices into ``labels`` keeping counts[k] samples of class k (LDAM's selection, or with
+    ``selection="first"`` the first ones in dataset order; see the module doc).
 
     Returned class by class (class 0's indices first). Raises when a class has fewer samples than asked.
     """
+    if selection not in SELECTIONS:
+        raise ValueError(f"long_tailed_indices: selection must be one of {SELECTIONS}, got {selection!r}")
     labels = np.asarray(labels)
     rs = np.random.RandomState(seed)
     out = []
@@ -117,6 +122,7 @@ def long_tailed_indices(labels, counts, seed=0):
         if n > len(idx):
             raise ValueError(f"long_tailed_indices: class {k} has {len(idx)} samples but {n} were requested; "
                              f"lower n_max (or the profile's scale) to at most what every class holds")
-        rs.shuffle(idx)
+        if selection == "shuffle":
+            rs.shuffle(idx)
         out.append(idx[:n])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -44,7 +44,8 @@ LR_SCHEDULES = ("step", "cosine", "constant")
 AUGMENTS = ("crop-flip", "crop", "none")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What must agree between a checkpoint and the arguments of a resumed run.
-_RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "seed", "image_size", "n_max", "loss", "width",
+_RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "selection", "seed", "image_size", "n_max", "loss",
+                "width",
                 "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp")
 
 
@@ -137,7 +138,8 @@ def resolve_amp(amp, device):
 
 
 def _default_config(**kw):
-    cfg = dict(dataset="fashion-mnist", root=None, imbalance_ratio=1.0, profile="exp", seed=0, image_size=None,
+    cfg = dict(dataset="fashion-mnist", root=None, imbalance_ratio=1.0, profile="exp", selection="shuffle", seed=0,
+               image_size=None,
                n_max=None, loss="ce", epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
                width=1.0, depth=32, lr_schedule="step", warmup_epochs=None, drw_epoch=None, augment="crop-flip",
                eval_every=1, eval_batch_size=500, device="cpu", checkpoint_every_s=300.0, max_minutes=None,
@@ -179,6 +181,7 @@ class ClassifierTrainer(TrainLoop):
     format (``load_classifier``) at the path ``out``, with its JSONL log at ``<out>.metrics.jsonl``."""
 
     resume_may_change = ()
+    settings_added_later = {"selection": "shuffle"}
 
     def __init__(self, out, cfg, *, overwrite=False, progress=True, log=None):
         log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -188,7 +191,8 @@ class ClassifierTrainer(TrainLoop):
         t0 = time.time()
         self.train_set = get_dataset(cfg["dataset"], "train", root=cfg["root"], image_size=cfg["image_size"],
                                      imbalance_ratio=cfg["imbalance_ratio"], profile=cfg["profile"],
-                                     seed=cfg["seed"], n_max=cfg["n_max"], download=cfg["download"])
+                                     seed=cfg["seed"], n_max=cfg["n_max"], download=cfg["download"],
+                                     selection=cfg["selection"])
         self.test_set = get_dataset(cfg["dataset"], "test", root=cfg["root"], image_size=cfg["image_size"],
                                     download=cfg["download"])
         self.log(f"train: {self.train_set!r}\ntest: {self.test_set!r} (loaded in {time.time() - t0:.1f}s)")
