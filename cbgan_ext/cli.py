@@ -268,6 +268,9 @@ def _run_train(args):
         clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
         ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
         soft = None
+        from .train.methods import get_method
+        if args.soft_labels and not get_method(args.method).needs_soft_labels:
+            raise UsageError(f"--soft-labels: method {args.method!r} does not use soft labels (softlabel-gan does)")
         if args.soft_labels:
             from .train.classifier import soft_labels
             soft = soft_labels(args.soft_labels, data, device=device, use_cache=dist.is_main())

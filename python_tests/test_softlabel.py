@@ -168,6 +168,12 @@ def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsy
     assert config["beta1"] == 0.0 and config["soft_labels"] == ckpt and len(config["soft_labels_sha256"]) == 16
     assert cli.main(["sample", "--run", run, "--class", "3", "--n", "4", "--out", str(tmp_path / "c3.png")]) == 0
     capsys.readouterr()
+    assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--n", "70", "--checkpoint", "last"]) == 0
+    res = json.loads(capsys.readouterr().out)  # one JSON document: nothing else on stdout
+    assert len(res["intra_fd"]) == 10 and 0 <= res["class_consistency"] <= 1
+    assert "prdc" in res or "prdc_skipped" in res
+    assert cli.main(argv[:8] + ["diffaug-gan"] + argv[9:] + ["--out", str(tmp_path / "d")]) == 2
+    assert "--soft-labels: method 'diffaug-gan' does not use soft labels" in capsys.readouterr().err
     assert cli.main(argv + ["--out", str(tmp_path / "bad"), "--policy", "zoom"]) == 2
     assert "--policy" in capsys.readouterr().err
 
@@ -183,7 +189,7 @@ def test_intra_fd_is_the_per_class_fd_against_that_class_of_the_test_split():
     real = torch.rand(60, 3, 32, 32) * 2 - 1
     real_y = torch.arange(60) % K
     G, _ = build_gan("biggan", channels=3, image_size=32, width=0.0625, num_classes=K, d_head="projection")
-    ev = Evaluator(ann, real, K, n=40, fid="annotator", real_labels=real_y)
+    ev = Evaluator(ann, real, K, n=40, fid="annotator", real_labels=real_y, prdc=True)
     res = ev(G, z_dim=128, conditional=True)
     fakes, labels = generate(G, 40, z_dim=128, num_classes=K, conditional=True,
                              generator=torch.Generator().manual_seed(ev.seed))
@@ -201,3 +207,21 @@ def test_intra_fd_is_the_per_class_fd_against_that_class_of_the_test_split():
     for key in want:
         assert res["intra_prdc"][key] == pytest.approx(sum(float(p[key]) for p in per_class) / K)
     assert "intra_fd" not in Evaluator(ann, real, K, n=40, fid="annotator")(G, z_dim=128, conditional=True)
+
+
+def test_train_step_gives_d_each_real_images_own_soft_label(tmp_path):
+    t = _trainer(tmp_path, steps=1, policy="", n_dis=2)
+    seen = []
+    d_loss = t.method.d_loss
+
+    def spy(D, real, real_y, fake, fake_y):
+        seen.append((real.clone(), real_y.clone()))
+        return d_loss(D, real, real_y, fake, fake_y)
+    t.method.d_loss = spy
+    t.run()
+    data, table = TinyData(), _soft()
+    assert len(seen) == 2
+    for real, real_y in seen:
+        flat = data.images.flatten(1)
+        idx = [int(torch.nonzero((flat == x.flatten()).all(1)).flatten()[0]) for x in real]
+        assert torch.equal(real_y, table[idx])  # the row of that very image, through the whole step

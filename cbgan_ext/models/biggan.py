@@ -1,5 +1,6 @@
-"""BigGAN as the Softlabel-GAN code configures it (Katsumata et al. 2024; BigGAN-PyTorch's ``arch`` tables),
-with cbgan_ext's fused spectral-norm layers and projection head.
+"""BigGAN with the blocks and 32×32 configuration the Softlabel-GAN code uses (Katsumata et al. 2024) and
+BigGAN-PyTorch's ``arch`` tables for 64 and 128 pixels, with cbgan_ext's fused spectral-norm layers and
+projection head.
 
 * G: SN-linear z → 4×4×C; residual up-blocks (BN → ReLU → nearest ×2 → 3×3 conv → BN → ReLU → 3×3 conv,
   shortcut nearest ×2 → 1×1 conv) whose BatchNorms are class-conditional: gain = 1 + W_g·y, bias = W_b·y with
@@ -7,7 +8,8 @@ with cbgan_ext's fused spectral-norm layers and projection head.
   BN → ReLU → SN 3×3 conv → tanh.
 * D: residual down-blocks (the first without pre-activation; average pooling where the table says), ReLU,
   sum over space → h; out = ψ(h) + Σ_k y_k⟨E_k, h⟩ (``ProjectionHead``: SN ψ and SN bias-free E).
-* SN (eps 1e-8, the released scripts') on every conv/linear but G's conditional-BN maps; orthogonal init.
+* SN (eps 1e-8, the released scripts') on every conv/linear but G's conditional-BN maps; orthogonal init
+  (BigGAN's default; the Softlabel-GAN CIFAR script passes N(0, 0.02)).
 
 Channel tables (× ``width``·ch, ch = 64): 32×32 G [4, 4, 4], D [4, 4, 4, 4] pooling on the first two;
 64×64 G [16, 16, 8, 4, 2], D [1, 2, 4, 8, 16]; 128×128 G [16, 16, 8, 4, 2, 1], D [1, 2, 4, 8, 16, 16]

@@ -275,7 +275,8 @@ class ClassifierTrainer(TrainLoop):
                  f"({self.state['train_time_s']:.0f}s trained before)")
 
     def saved_config(self, state):
-        return state.get("config") or {k: state.get("train_config", {}).get(k) for k in _RESUME_KEYS}
+        tc = state.get("train_config", {})
+        return state.get("config") or {k: tc[k] for k in _RESUME_KEYS if k in tc}
 
     def try_resume(self):
         if self.overwrite:

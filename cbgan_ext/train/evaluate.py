@@ -11,13 +11,17 @@ whose feature statistics it computes once and caches. Metrics:
   annotator agrees with the class asked for;
 * ``intra_fd`` (conditional runs, when the test split's labels are known): per class k, FD-annotator between
   the fakes asked for class k and the test images of class k (a list by class), with its mean and std;
-* ``prdc`` (conditional runs, or ``Evaluator(prdc=True)``; needs the ``prdc`` package, ``pip install
-  .[metrics]``, else ``prdc_skipped`` says why): precision, recall, density and coverage (k = 5) of the fakes
+* ``prdc`` (with ``Evaluator(prdc=True)``, as ``cbgan-ext eval`` does for conditional runs: three N x N
+  distance matrices, too costly for the loop's periodic evaluations; needs the ``prdc`` package, ``pip
+  install .[metrics]``, else ``prdc_skipped`` says why): precision, recall, density and coverage (k = 5) of the fakes
   against the test split in the annotator's feature space, and ``intra_prdc``, their mean over the classes;
 * ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
   test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
   and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
 """
+import contextlib
+import io
+
 import numpy as np
 import torch
 
@@ -35,7 +39,9 @@ def prdc(real_feats, fake_feats, k=PRDC_K):
         return None
     if min(len(real_feats), len(fake_feats)) <= k:
         return None
-    return {key: float(v) for key, v in compute_prdc(real_feats, fake_feats, nearest_k=k).items()}
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes; `eval` prints JSON
+        out = compute_prdc(real_feats, fake_feats, nearest_k=k)
+    return {key: float(v) for key, v in out.items()}
 
 
 def balanced_test_split(dataset_config):
@@ -81,7 +87,7 @@ class Evaluator:
     [−1, 1] (the balanced test split); ``annotator``: a classifier with ``features``."""
 
     def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu",
-                 real_labels=None, prdc=None):
+                 real_labels=None, prdc=False):
         if fid not in FID_MODES:
             raise ValueError(f"Evaluator: fid must be one of {FID_MODES}, got {fid!r}")
         if int(n) < 2:
@@ -94,7 +100,7 @@ class Evaluator:
         self.real_images, self.num_classes = real_images, int(num_classes)
         self.real_labels = None if real_labels is None else torch.as_tensor(real_labels).cpu()
         self._real_feats = None
-        self.prdc = prdc  # None: for conditional runs only (it costs an N x N distance matrix per call)
+        self.prdc = bool(prdc)
         self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
         self._real, self._real_inception, self._inception, self._real_conf = None, None, None, None
 
@@ -146,7 +152,7 @@ class Evaluator:
             self._real_conf = float(annotate(self.annotator, self.real_images)[1].double().mean())
         res = {"kl": kl_to_uniform(hist), "fd": fd, "fd_name": "FD-annotator", "histogram": hist.tolist(),
                "n": int(fakes.shape[0]), "confidence": float(conf.double().mean()), "real_confidence": self._real_conf}
-        if self.prdc or (self.prdc is None and labels is not None):
+        if self.prdc:
             res["prdc"] = prdc(self._real_feats, fake_feats)
             if res["prdc"] is None:
                 del res["prdc"]

@@ -86,6 +86,7 @@ class GANTrainer(TrainLoop):
                  device="cpu", deterministic=False, progress=True, sync_bn=False, soft_labels=None, **settings):
         cls = get_method(method)
         s = opts.resolve(cls.defaults, **settings)
+        s["policy"] = ",".join(parse_policy(s["policy"]))  # one spelling in the config, so resumes match
         self.num_classes = len(dataset.class_counts)
         self.method = cls(self.num_classes)
         cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
@@ -140,7 +141,7 @@ class GANTrainer(TrainLoop):
         self.data_rng = GeneratorState(_stream_seed(s["seed"], 1, self.rank))
         self.noise_rng = GeneratorState(_stream_seed(s["seed"], 2, self.rank), self.device)
         self.extra_state = {"data_rng": self.data_rng, "noise_rng": self.noise_rng}
-        self.policy = ",".join(parse_policy(s["policy"]))
+        self.policy = s["policy"]
         if self.policy:  # its own stream, so that a policy leaves the data and noise streams as they were
             self.aug_rng = GeneratorState(_stream_seed(s["seed"], 3, self.rank), self.device)
             self.extra_state["aug_rng"] = self.aug_rng
@@ -308,7 +309,7 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     real = balanced_test_split(c["dataset"])
     check_classifier(ann, real[0][0], run.num_classes, f"annotator {ann_path}")
     ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
-                   real_labels=real.labels)
+                   real_labels=real.labels, prdc=run.conditional)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional)
     res.update(step=run.step, checkpoint=checkpoint, method=run.method)
     return res

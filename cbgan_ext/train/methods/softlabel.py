@@ -9,8 +9,9 @@ for each real image; fakes always get one-hot labels of uniformly drawn classes.
   the true class 1 − α and the others α/K, so its vectors sum to 1 − α/K; we follow the paper.)
 
 ``--policy ""`` gives the ablations without DiffAugment: Softlabel-GAN⁻, BigGAN (cGAN), Smooth-GAN⁻.
-Defaults are the released CIFAR scripts' (BigGAN-32, Adam 2e-4 with betas (0, 0.999), 4 D steps per G step,
-EMA of G from step 1000, DiffAugment ``translation,cutout``); any of them can be given.
+Defaults follow the released CIFAR scripts (BigGAN-32, Adam 2e-4 with betas (0, 0.999), 4 D steps per G step,
+EMA of G from step 1000, DiffAugment ``translation,cutout``) except the batch (64, theirs 50), the init
+(orthogonal, theirs N(0, 0.02)) and their horizontal flip of the reals; any setting can be given.
 """
 import torch.nn.functional as F
 
