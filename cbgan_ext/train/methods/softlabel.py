@@ -37,7 +37,7 @@ class DiffAugGAN(Method):
 class SmoothGAN(DiffAugGAN):
     name = "smooth-gan"
     title = "DiffAug-GAN with smoothed labels y(1 - 0.1) + 0.1/K for reals (Softlabel-GAN's baseline)"
-    paper = "Softlabel-GAN §5 (label smoothing baseline)"
+    paper = "Softlabel-GAN Table 2 (label smoothing baseline)"
 
     def real_labels(self, labels, index):
         return F.one_hot(labels, self.num_classes).float() * (1.0 - SMOOTHING) + SMOOTHING / self.num_classes
