@@ -152,7 +152,6 @@ def _configure_train_classifier(p):
             "annotator) on a long-tailed dataset", configure=_configure_train_classifier)
 def _run_train_classifier(args):
     from .train import distributed as dist
-    from .train.classifier import train_classifier
     positive = float_check(0, lo_open=True)
     check_args(args, epochs=positive, batch_size=int_check(1), lr=positive, momentum=float_check(0),
                weight_decay=float_check(0), width=positive, imbalance=float_check(1), seed=int_check(0),
@@ -165,7 +164,7 @@ def _run_train_classifier(args):
             from .data import get_dataset
             dist.local_main_first(lambda: [get_dataset(args.dataset, split, root=args.root, download=True)
                                            for split in ("train", "test")])
-        result = _train_classifier_with(train_classifier, args, device)
+        result = _train_classifier_with(args, device)
     finally:
         dist.shutdown()
     if not main_rank:
@@ -181,7 +180,8 @@ def _run_train_classifier(args):
     return 0
 
 
-def _train_classifier_with(train_classifier, args, device):
+def _train_classifier_with(args, device):
+    from .train.classifier import train_classifier
     # a torchrun restart (--max-restarts) continues the checkpoint an earlier attempt of the same job wrote
     ours = False
     run_id = os.environ.get("TORCHELASTIC_RUN_ID")
@@ -192,8 +192,9 @@ def _train_classifier_with(train_classifier, args, device):
         args.out, resume=args.resume or ours, overwrite=args.overwrite and not ours,
         progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
-        selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed, download=args.download, device=str(device),
-        loss=args.loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed,
+        download=args.download, device=str(device), loss=args.loss, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
         warmup_epochs=args.warmup_epochs, drw_epoch=args.drw_epoch, augment=args.augment,
         eval_every=args.eval_every, checkpoint_every_s=args.checkpoint_every, max_minutes=args.max_minutes,
@@ -258,19 +259,20 @@ def _run_train(args):
     from .train.gan import GANTrainer
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .train.methods import get_method
+    if args.soft_labels and not get_method(args.method).needs_soft_labels:
+        raise UsageError(f"--soft-labels: method {args.method!r} does not use soft labels (softlabel-gan does)")
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
-        data = dist.local_main_first(lambda: get_dataset(
-            args.dataset, "train", root=args.root, image_size=args.image_size, imbalance_ratio=args.imbalance,
-            profile=args.profile, n_max=args.n_max, seed=args.seed, download=args.download,
-            selection=args.selection))
+        def load():
+            return get_dataset(args.dataset, "train", root=args.root, image_size=args.image_size,
+                               imbalance_ratio=args.imbalance, profile=args.profile, n_max=args.n_max,
+                               seed=args.seed, download=args.download, selection=args.selection)
+        data = dist.local_main_first(load) if args.download else load()  # one download per node
         clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
         ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
         soft = None
-        from .train.methods import get_method
-        if args.soft_labels and not get_method(args.method).needs_soft_labels:
-            raise UsageError(f"--soft-labels: method {args.method!r} does not use soft labels (softlabel-gan does)")
         if args.soft_labels:
             from .train.classifier import soft_labels
             soft = soft_labels(args.soft_labels, data, device=device, use_cache=dist.is_main())

@@ -34,6 +34,7 @@ from torch import nn
 from ..ops import class_balancing_loss_with_counts
 
 _WEIGHTINGS = ("paper", "official")
+_OFFICIAL_COUNT_PRIOR = 512.0
 
 
 def _world_size():
@@ -58,7 +59,6 @@ def _global_loss_and_counts(logits, w):
     plogp = torch.where(mean_p > 0, mean_p * torch.log(mean_p.clamp_min(torch.finfo(mean_p.dtype).tiny)), 0.0)
     loss = torch.sum(w.to(mean_p.dtype) * plogp)
     return loss, total[K:2 * K].detach().round().to(torch.int64)
-_OFFICIAL_COUNT_PRIOR = 512.0
 
 
 class CBRegularizer(nn.Module):

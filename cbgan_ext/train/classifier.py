@@ -45,8 +45,7 @@ AUGMENTS = ("crop-flip", "crop", "none")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What must agree between a checkpoint and the arguments of a resumed run.
 _RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "selection", "seed", "image_size", "n_max", "loss",
-                "width",
-                "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp")
+                "width", "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp")
 
 
 # One atomic writer for every checkpoint of the package (temp file, fsync, os.replace).
@@ -139,9 +138,9 @@ def resolve_amp(amp, device):
 
 def _default_config(**kw):
     cfg = dict(dataset="fashion-mnist", root=None, imbalance_ratio=1.0, profile="exp", selection="shuffle", seed=0,
-               image_size=None,
-               n_max=None, loss="ce", epochs=10, batch_size=128, lr=0.1, momentum=0.9, weight_decay=2e-4,
-               width=1.0, depth=32, lr_schedule="step", warmup_epochs=None, drw_epoch=None, augment="crop-flip",
+               image_size=None, n_max=None, loss="ce", epochs=10, batch_size=128, lr=0.1, momentum=0.9,
+               weight_decay=2e-4, width=1.0, depth=32, lr_schedule="step", warmup_epochs=None, drw_epoch=None,
+               augment="crop-flip",
                eval_every=1, eval_batch_size=500, device="cpu", checkpoint_every_s=300.0, max_minutes=None,
                download=False, amp="none", channels_last=True)
     unknown = set(kw) - set(cfg)
@@ -330,9 +329,8 @@ class ClassifierTrainer(TrainLoop):
         rec = dict(epoch=min(float(st["epoch"]), float(cfg["epochs"])),
                    train_loss=st["loss_sum"] / max(1, st["seen"]), train_accuracy=st["correct"] / max(1, st["seen"]),
                    lr=self._lr, train_time_s=st["train_time_s"], train_cpu_s=st["train_cpu_s"])
-        if not self.is_main:
-            pass  # rank 0 evaluates
-        elif done or (cfg["eval_every"] and st["epoch"] % cfg["eval_every"] == 0):
+        due = done or (cfg["eval_every"] and st["epoch"] % cfg["eval_every"] == 0)
+        if due and self.is_main:  # rank 0 evaluates
             t_eval = time.time()
             rec.update(evaluate(self.model, self.test_set, cfg["eval_batch_size"], self.device, cfg["amp"],
                                 cfg["channels_last"]))

@@ -82,11 +82,6 @@ def shutdown():
         dist.destroy_process_group()
 
 
-def barrier():
-    if active():
-        dist.barrier()
-
-
 def local_main_first(fn):
     """fn() on each node's local rank 0 first (a download into a shared folder), then on the other ranks."""
     if not active():
@@ -114,10 +109,6 @@ def wrap(module, device):
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(module):
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
 def all_gather_object(obj):
     if not active():
         return [obj]
@@ -139,10 +130,3 @@ def all_reduce_sum(tensor):
     if active():
         dist.all_reduce(tensor)
     return tensor
-
-
-def broadcast_(tensors, src=0):
-    """Broadcast each tensor in place from ``src``."""
-    if active():
-        for t in tensors:
-            dist.broadcast(t, src)
