@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .long_tailed import (PROFILES, SELECTIONS, SOFTLABEL_DEFAULT_N, SOFTLABEL_PROFILES, long_tailed_counts,
-                          long_tailed_indices)
+                          long_tailed_indices, minority_classes)
 from .sources import SOURCES
 
 RESIZE_MODES = ("auto", "pad", "resize")
@@ -154,6 +154,9 @@ def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio
     if image_size is not None:
         images = _resize_uint8(images, int(image_size), resize_mode)
     num_classes = len(classes)
+    if profile == "bagan":  # one spelling in the config: an int for one class, a sorted list for several
+        m = minority_classes(minority_class, num_classes, "get_dataset")
+        minority_class = m[0] if len(m) == 1 else list(m)
 
     full_counts = torch.bincount(labels, minlength=num_classes)
     subset = not (rho == 1.0 and profile in ("exp", "step") and n_max is None)

@@ -10,9 +10,9 @@ Profiles (K classes, n_max the scale, ρ the imbalance ratio):
   n_k = int(n_max · (F(e_{k+1}) − F(e_k))), then the bins are dealt to the classes in an order permuted by
   ``seed`` (the paper's code uses n_max = 5000 and seed 15: CIFAR-10 then holds 3208 images, 65–1720 a
   class). ρ plays no part: the distribution's shape fixes the imbalance.
-* ``"bagan"`` (BAGAN, Mariani et al. 2018, §4): every class keeps n_max except ``minority_class``, which
-  keeps int(n_max · (1 − drop_fraction)); without ``drop_fraction`` it keeps int(n_max/ρ) (dropping 97.5%
-  is ρ = 40).
+* ``"bagan"`` (BAGAN, Mariani et al. 2018, §4): every class keeps n_max except ``minority_class`` (one class
+  or several), which keeps int(n_max · (1 − drop_fraction)); without ``drop_fraction`` it keeps int(n_max/ρ)
+  (dropping 97.5% is ρ = 40).
 
 The images kept for class k are the first n_k of that class's indices after a shuffle by
 ``np.random.RandomState(seed)``, classes in order 0..K−1: LDAM's ``IMBALANCECIFAR10`` with
@@ -58,6 +58,26 @@ def _softlabel_cdf(profile, edges):
 _SOFTLABEL_RANGE = {"lognormal": (0.0, 3.0), "chi2": (0.0, 3.0), "pareto": (1.0, 4.0)}
 
 
+def minority_classes(minority_class, num_classes, what="minority_class"):
+    """The minority classes of the "bagan" profile as a sorted tuple: an int, or several (a list/tuple, or a
+    string "3,5"); each in [0, K), no repeats."""
+    v = minority_class
+    if isinstance(v, str):
+        try:
+            v = [int(p) for p in v.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(f"{what}: minority_class must be class indices like '3' or '3,5', got {minority_class!r}") \
+                from None
+    items = list(v) if isinstance(v, (list, tuple)) else [v]
+    if not items or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < num_classes
+                        for k in items):
+        raise ValueError(f"{what}: minority_class must be in [0, {num_classes}) (one class or several), "
+                         f"got {minority_class!r}")
+    if len(set(int(k) for k in items)) != len(items):
+        raise ValueError(f"{what}: minority_class lists a class twice: {minority_class!r}")
+    return tuple(sorted(int(k) for k in items))
+
+
 def long_tailed_counts(n_max, num_classes, imbalance_ratio=1.0, profile="exp", *, seed=0, minority_class=0,
                        drop_fraction=None):
     """Samples per class (a list of K ints) for a long-tailed profile; see the module docstring."""
@@ -89,16 +109,17 @@ def long_tailed_counts(n_max, num_classes, imbalance_ratio=1.0, profile="exp", *
         order = np.random.RandomState(seed).choice(np.arange(K), K, replace=False)
         counts = [int(c) for c in bins[order]]
     else:  # bagan
-        if not 0 <= int(minority_class) < K:
-            raise ValueError(f"long_tailed_counts: minority_class must be in [0, {K}), got {minority_class!r}")
+        minority = minority_classes(minority_class, K, "long_tailed_counts")
         if drop_fraction is None:
             keep = int(n_max / rho + 1e-9)
         else:
-            if not 0.0 <= float(drop_fraction) < 1.0:
+            if isinstance(drop_fraction, bool) or not isinstance(drop_fraction, (int, float)) \
+                    or not 0.0 <= float(drop_fraction) < 1.0:
                 raise ValueError(f"long_tailed_counts: drop_fraction must be in [0, 1), got {drop_fraction!r}")
             keep = int(n_max * (1.0 - float(drop_fraction)) + 1e-9)  # 6000 * 0.025 must give 150, not 149
         counts = [n_max] * K
-        counts[int(minority_class)] = keep
+        for k in minority:
+            counts[k] = keep
     empty = [k for k, c in enumerate(counts) if c < 1]
     if empty:
         raise ValueError(f"long_tailed_counts: profile {profile!r} with n_max={n_max}, K={K}, imbalance_ratio={rho} "

@@ -245,7 +245,7 @@ class ResNetDiscriminator(_Discriminator):
         return F.relu(self.blocks(x)).sum(dim=(2, 3))
 
 
-ARCHITECTURES = ("sndcgan", "snresgan", "biggan")
+ARCHITECTURES = ("sndcgan", "snresgan", "biggan", "bagan")
 
 
 def init_orthogonal_(model):
@@ -263,17 +263,24 @@ def init_orthogonal_(model):
 
 
 def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False, init="ortho",
-              num_classes=0, conditional_g=None, d_head="scalar"):
-    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default".
+              num_classes=0, conditional_g=None, d_head="scalar", d_spectral_norm=None, g_gaussians=False):
+    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"
+    ("bagan" always has its own, Keras', init).
 
     ``d_head`` picks the discriminator's head (D_HEADS) for ``num_classes`` K. The generator is conditional
     (conditional BatchNorm, ``G(z, y)``) when ``conditional_g``; by default when the head reads labels
-    ("projection", "aux-classifier"). BAGAN's "classes+1" D pairs with a generator conditioned otherwise."""
+    ("projection", "aux-classifier"). BAGAN's "classes+1" D pairs with a generator conditioned through class
+    Gaussians on its latent (``g_gaussians``, arch "bagan" only). ``d_spectral_norm``: None for the
+    architecture's own (on, except "bagan")."""
     if d_head not in D_HEADS:
         raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
     if conditional_g is None:
         conditional_g = d_head in ("projection", "aux-classifier")
-    g_classes = int(num_classes) if conditional_g else 0
+    g_classes = int(num_classes) if conditional_g or g_gaussians else 0
+    if g_gaussians and arch != "bagan":
+        raise ValueError(f"build_gan: class Gaussians on the latent (g_gaussians) are BAGAN's: arch 'bagan', got {arch!r}")
+    if d_spectral_norm is not None and arch != "bagan" and not d_spectral_norm:
+        raise ValueError(f"build_gan: {arch} is defined with a spectrally normalised D")
     if conditional_g and g_classes < 1:
         raise ValueError(f"build_gan: a conditional generator needs num_classes >= 1, got {num_classes}")
     if arch == "sndcgan":
@@ -290,6 +297,11 @@ def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectr
             raise ValueError("build_gan: biggan is the conditional G / projection D pair (d_head='projection')")
         G = BigGANGenerator(z_dim, channels, image_size, width, g_classes)
         D = BigGANDiscriminator(channels, image_size, width, num_classes)
+    elif arch == "bagan":
+        from .bagan import BAGANDiscriminator, BAGANGenerator
+        G = BAGANGenerator(z_dim, channels, image_size, width, g_classes, gaussians=g_gaussians)
+        D = BAGANDiscriminator(channels, image_size, width, bool(d_spectral_norm), d_head, num_classes)
+        return G, D
     else:
         raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
     if init == "ortho":

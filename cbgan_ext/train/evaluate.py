@@ -15,6 +15,11 @@ whose feature statistics it computes once and caches. Metrics:
   distance matrices, too costly for the loop's periodic evaluations; needs the ``prdc`` package, ``pip
   install .[metrics]``, else ``prdc_skipped`` says why): precision, recall, density and coverage (k = 5) of the fakes
   against the test split in the annotator's feature space, and ``intra_prdc``, their mean over the classes;
+* ``class_accuracy`` (conditional runs, and single-class ones): per class, how often the annotator names the
+  class the fakes were asked for (BAGAN's "accuracy of generated images");
+* ``ssim`` (with ``Evaluator(variability=...)``, as ``cbgan-ext eval`` does for the BAGAN family): per class,
+  SSIM of random fake pairs and of real training pairs, and of fakes / reals to their nearest real training
+  image (BAGAN's variability measures; torchmetrics' SSIM, Gaussian window 11, σ 1.5);
 * ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
   test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
   and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
@@ -87,7 +92,7 @@ class Evaluator:
     [−1, 1] (the balanced test split); ``annotator``: a classifier with ``features``."""
 
     def __init__(self, annotator, real_images, num_classes, *, n=10000, seed=4321, fid="auto", device="cpu",
-                 real_labels=None, prdc=False):
+                 real_labels=None, prdc=False, variability=None):
         if fid not in FID_MODES:
             raise ValueError(f"Evaluator: fid must be one of {FID_MODES}, got {fid!r}")
         if int(n) < 2:
@@ -101,6 +106,7 @@ class Evaluator:
         self.real_labels = None if real_labels is None else torch.as_tensor(real_labels).cpu()
         self._real_feats = None
         self.prdc = bool(prdc)
+        self.variability = variability
         self.n, self.seed, self.fid, self.device = int(n), int(seed), fid, torch.device(device)
         self._real, self._real_inception, self._inception, self._real_conf = None, None, None, None
 
@@ -159,6 +165,8 @@ class Evaluator:
                 res["prdc_skipped"] = "the prdc package is not installed (pip install prdc), or too few images"
         if labels is not None:
             res["label_accuracy"] = res["class_consistency"] = float((pred == labels).double().mean())
+            res["class_accuracy"] = [float((pred[labels == k] == k).double().mean()) if bool((labels == k).any())
+                                     else None for k in range(self.num_classes)]
             if self.real_labels is not None:
                 res["intra_fd"], res["intra_fd_mean"], res["intra_fd_std"] = self.intra_fd(fake_feats, labels)
                 if "prdc" in res:
@@ -168,8 +176,38 @@ class Evaluator:
             res["fid"] = frechet_distance(FeatureStats(batched(inc, fakes, 100)), self._real_inception)
         return res
 
-    def __call__(self, G, *, z_dim, conditional=False, n=None, seed=None):
+    def __call__(self, G, *, z_dim, conditional=False, n=None, seed=None, label=None):
+        """``label``: an unconditional G trained on one class (BAGAN's single-class GAN): its fakes are judged
+        as that class."""
         g = torch.Generator().manual_seed(self.seed if seed is None else int(seed))
         fakes, labels = generate(G, self.n if n is None else int(n), z_dim=z_dim, num_classes=self.num_classes,
                                  conditional=conditional, generator=g, device=self.device)
-        return self.metrics(fakes, labels)
+        if label is not None:
+            labels = torch.full((fakes.shape[0],), int(label), dtype=torch.int64)
+        res = self.metrics(fakes, labels)
+        if self.variability is not None and labels is not None:
+            res["ssim"] = self.ssim_variability(fakes, labels, g)
+        return res
+
+    def ssim_variability(self, fakes, labels, generator):
+        """BAGAN's variability measures per class (None where a side has too few images): the mean SSIM of
+        random pairs of fakes of the class and of real training pairs of the class (the paper's reference), and
+        the mean SSIM of fakes to their nearest real training image of the class next to real-to-nearest-other-
+        real. ``self.variability`` = (training images, labels, pairs, nearest queries, pool cap)."""
+        from ..metrics.ssim import mean_pair_ssim, mean_nearest_ssim
+        images, train_labels, pairs, queries, pool = self.variability
+        out = {k: [] for k in ("fake_pairs", "real_pairs", "fake_to_nearest_real", "real_to_nearest_real")}
+        for k in range(self.num_classes):
+            f, r = fakes[labels == k], images[train_labels == k]
+            if len(r) > pool:
+                r = r[torch.randperm(len(r), generator=generator)[:pool]]
+            q_real = r[:queries]
+            out["fake_pairs"].append(mean_pair_ssim(f, pairs, generator))
+            out["real_pairs"].append(mean_pair_ssim(r, pairs, generator))
+            out["fake_to_nearest_real"].append(mean_nearest_ssim(f[:queries], r) if len(f) and len(r) else None)
+            out["real_to_nearest_real"].append(mean_nearest_ssim(q_real, r, exclude_self=True)
+                                               if len(r) >= 2 else None)
+        for key in list(out):
+            known = [v for v in out[key] if v is not None]
+            out[key + "_mean"] = float(np.mean(known)) if known else None
+        return out

@@ -79,7 +79,8 @@ def check_classifier(model, x, num_classes, what):
 
 class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
-    settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": ""}
+    settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "ae_steps": 1000,
+                            "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,
@@ -88,7 +89,8 @@ class GANTrainer(TrainLoop):
         s = opts.resolve(cls.defaults, **settings)
         s["policy"] = ",".join(parse_policy(s["policy"]))  # one spelling in the config, so resumes match
         self.num_classes = len(dataset.class_counts)
-        self.method = cls(self.num_classes)
+        self.method = cls(self.num_classes, dataset.class_counts, s)
+        self.method.check(dataset, s)
         cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
         x0, _ = dataset[0]
         if cb_reg:
@@ -122,7 +124,7 @@ class GANTrainer(TrainLoop):
         self.settings, self.dataset = s, dataset
         channels, size = x0.shape[0], x0.shape[-1]
         self.G, self.D = self.method.build(s["arch"], channels=channels, image_size=size, width=s["width"],
-                                           z_dim=s["z_dim"])
+                                           z_dim=s["z_dim"], d_sn=s["d_sn"])
         if sync_bn and self.world_size > 1:
             if self.device.type != "cuda":
                 raise ValueError("GANTrainer: sync_bn (--sync-bn) needs CUDA devices: SyncBatchNorm runs on CUDA only")
@@ -159,7 +161,8 @@ class GANTrainer(TrainLoop):
         self.annotator = None if annotator is None else annotator.to(self.device).eval()
         self._eval_images = eval_images
         self._evaluator = None
-        self.images, self.labels = self._stack_dataset(dataset)
+        self.images, self.labels = self.method.training_set(*self._stack_dataset(dataset))
+        self.n_fake_d, self.n_fake_g = self.method.fake_batch_sizes(self.local_batch)
         self.config = dict(method=method, **{k: v for k, v in s.items() if k not in ("lam", "beta", "cb_reg")},
                            cb_reg=cb_reg, lam=None if self.reg is None else self.reg.lam,
                            beta=None if self.reg is None else self.reg.beta,
@@ -188,9 +191,9 @@ class GANTrainer(TrainLoop):
         idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
 
-    def _fake_batch(self):
-        z = self._noise(self.local_batch)
-        y = self.method.sample_labels(self.local_batch, self.noise_rng.gen, self.device)
+    def _fake_batch(self, n):
+        z = self._noise(n)
+        y = self.method.sample_labels(n, self.noise_rng.gen, self.device)
         return (self.G_step(z, y) if self.method.conditional else self.G_step(z)), y
 
     def _augment(self, x):
@@ -204,14 +207,14 @@ class GANTrainer(TrainLoop):
             real, real_y, idx = self._real_batch()
             real_y = M.real_labels(real_y, idx)
             with torch.no_grad():
-                fake, fake_y = self._fake_batch()
+                fake, fake_y = self._fake_batch(self.n_fake_d)
             if self.policy:  # one call on [fake; real]: each image gets its own augmentation parameters
                 fake, real = self._augment(torch.cat([fake, real])).split([fake.shape[0], real.shape[0]])
             loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-        fake, fake_y = self._fake_batch()
+        fake, fake_y = self._fake_batch(self.n_fake_g)
         loss_g, metrics_g = M.g_loss(self.D, real, real_y, self._augment(fake), fake_y)
         metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item(), **metrics_d, **metrics_g}
         use_reg = self.reg is not None and step >= self.settings["cb_start"]
@@ -226,6 +229,10 @@ class GANTrainer(TrainLoop):
             self.reg.step()
         self.ema.update(self.G, step)
         return metrics
+
+    def run(self):
+        self.method.prepare(self)  # pre-stages (resumable; a no-op once done); the GAN checkpoint wins after
+        return super().run()
 
     # ---- sampling and evaluation ---------------------------------------------------------------------
     def generate(self, n, generator=None, batch=500, use_ema=True):
@@ -257,7 +264,8 @@ class GANTrainer(TrainLoop):
     def evaluate(self):
         if self.annotator is None:
             return {}
-        return self.evaluator(self.ema.model, z_dim=self.z_dim, conditional=self.method.conditional)
+        return self.evaluator(self.ema.model, z_dim=self.z_dim, conditional=self.method.conditional,
+                              label=self.method.eval_label())
 
 
 # ---- runs on disk ----------------------------------------------------------------------------------------
@@ -281,12 +289,13 @@ def load_run(run_dir, checkpoint="best", device="cpu"):
     name = c.get("method", "gan")
     if name not in method_names():
         raise ValueError(f"{run_dir}: method {name!r} is not known to this version of cbgan_ext")
-    method = get_method(name)(c["num_classes"])
+    method = get_method(name)(c["num_classes"], c.get("class_counts"), c)
     shape = c["image_shape"]
-    G, _ = method.build(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"])
+    G, _ = method.build(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"],
+                        d_sn=c.get("d_sn"))
     G.load_state_dict(state["ema"] if state.get("ema") is not None else state["modules"]["G"])
     return SimpleNamespace(G=G.to(device).eval(), z_dim=c["z_dim"], method=name, conditional=method.conditional,
-                           num_classes=c["num_classes"], config=c, step=state["step"])
+                           num_classes=c["num_classes"], config=c, step=state["step"], label=method.eval_label())
 
 
 def load_generator(run_dir, checkpoint="best", device="cpu"):
@@ -295,8 +304,18 @@ def load_generator(run_dir, checkpoint="best", device="cpu"):
     return run.G, run.z_dim
 
 
-def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0):
-    """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``)."""
+def _minority_of(dataset_config):
+    from ..data import minority_classes
+    c = dataset_config or {}
+    return minority_classes(c.get("minority_class", 0), 10 ** 9) if c.get("profile") == "bagan" else ()
+
+
+def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
+                 ssim_pairs=1000, ssim_queries=50, ssim_pool=1000):
+    """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
+    runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class, ``ssim_queries``
+    images per class searched for their nearest among up to ``ssim_pool`` training images of the class) and
+    their minority classes named (``minority_classes``, ``minority_accuracy``)."""
     from ..models.classifier import load_classifier
     run = load_run(run_dir, checkpoint, device)
     c = run.config
@@ -308,8 +327,17 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     ann = load_classifier(ann_path, map_location=device)
     real = balanced_test_split(c["dataset"])
     check_classifier(ann, real[0][0], run.num_classes, f"annotator {ann_path}")
+    variability = None
+    if get_method(run.method).ssim_eval:  # BAGAN's measures, against the run's own (imbalanced) training images
+        from ..data import dataset_from_config
+        train = dataset_from_config(c["dataset"])
+        variability = (train.float_images(), train.labels, ssim_pairs, ssim_queries, ssim_pool)
     ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
-                   real_labels=real.labels, prdc=run.conditional)
-    res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional)
+                   real_labels=real.labels, prdc=run.conditional, variability=variability)
+    res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional, label=run.label)
     res.update(step=run.step, checkpoint=checkpoint, method=run.method)
+    minority = _minority_of(c.get("dataset"))
+    if minority and res.get("class_accuracy"):
+        res["minority_classes"] = list(minority)
+        res["minority_accuracy"] = [res["class_accuracy"][k] for k in minority]
     return res

@@ -65,7 +65,7 @@ def _choice(*values):
 
 OPTIONS = {
     "steps": Option(100000, "generator steps (paper: 100k)", int_check(0)),
-    "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan", "biggan")),
+    "arch": Option("sndcgan", "network pair", _choice("sndcgan", "snresgan", "biggan", "bagan")),
     "width": Option(1.0, "channel multiplier (1 = the paper's networks)", float_check(0, lo_open=True)),
     "z_dim": Option(128, "latent size", int_check(1)),
     "batch_size": Option(64, "images per D and per G step", int_check(1)),
@@ -89,6 +89,16 @@ OPTIONS = {
                         _choice("paper", "official")),
     "ema_decay": Option(0.9999, "EMA decay of the generator", float_check(0, 1)),
     "ema_start": Option(20000, "EMA starts (copies before)", int_check(0)),
+    "d_sn": Option(None, "spectral norm on D (default: the architecture's: on, off for bagan)", None, type=bool,
+                   flag=False),
+    "ae_steps": Option(1000, "BAGAN: autoencoder steps (MSE, all training images) before the adversarial stage",
+                       int_check(0)),
+    "latent_shrinkage": Option(0.1, "BAGAN: a class with no more images than latent dimensions gets the covariance "
+                               "(1 - s) Σ_c + s·diag(pooled Σ); 0 refuses such classes", float_check(0, 1)),
+    "class_sampling": Option("uniform", "BAGAN: classes of the fakes, uniform or the released code's 'rebalance' "
+                             "(p_c ∝ max(0, 2/K − share of c in the training set))", _choice("uniform", "rebalance")),
+    "target_class": Option(-1, "minority-gan: the one class it trains on (-1: the dataset's minority class)",
+                           int_check(-1)),
     "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", int_check(0)),
     "eval_samples": Option(10000, "generated images per evaluation", int_check(2)),
     "sample_every": Option(2000, "sample grid every N steps; 0: never", int_check(0)),

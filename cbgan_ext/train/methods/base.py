@@ -42,15 +42,38 @@ class Method:
     needs_soft_labels = False  # a classifier's softmax for every training image (GANTrainer(soft_labels=...))
     defaults = {}         # this method's own defaults for settings of cbgan_ext.train.options (given values win)
 
-    def __init__(self, num_classes):
-        self.num_classes = int(num_classes)
-        self.d_loss_fn, self.g_loss_fn = losses.ADVERSARIAL[self.loss]
+    ssim_eval = False     # `eval` adds BAGAN's SSIM variability measures
+    pre_stages = ()       # names of stages run before the adversarial one (``prepare``), for help texts
 
-    def build(self, arch, *, channels, image_size, width, z_dim):
+    def __init__(self, num_classes, class_counts=None, settings=None):
+        self.num_classes = int(num_classes)
+        self.class_counts = None if class_counts is None else [int(c) for c in class_counts]
+        self.settings = dict(settings or {})
+        self.d_loss_fn, self.g_loss_fn = losses.ADVERSARIAL.get(self.loss, (None, None))
+
+    def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):
         needs_k = self.conditional or self.d_head != "scalar"
         return build_gan(arch, channels=channels, image_size=image_size, width=width, z_dim=z_dim,
                          num_classes=self.num_classes if needs_k else 0, conditional_g=self.conditional,
-                         d_head=self.d_head)
+                         d_head=self.d_head, d_spectral_norm=d_sn)
+
+    def check(self, dataset, settings):
+        """Refuse, before any work, data or settings this method cannot train on (ValueError)."""
+
+    def training_set(self, images, labels):
+        """The (images, labels) the method trains on: all of them, or a subset (the single-class GAN)."""
+        return images, labels
+
+    def fake_batch_sizes(self, batch):
+        """(fakes per D step, fakes per G step) for ``batch`` real images per D step."""
+        return batch, batch
+
+    def prepare(self, trainer):
+        """Stages before the adversarial one (BAGAN's autoencoder), each resumable; called by ``run``."""
+
+    def eval_label(self):
+        """For an unconditional method trained on one class: that class (its fakes are judged as it)."""
+        return None
 
     def sample_labels(self, n, generator, device):
         """Labels of the fakes (conditional methods): uniform over the classes."""
