@@ -89,6 +89,16 @@ def check_args(args, **rules):
             raise UsageError(f"{_flag(name)}: expected {what}, got {v!r}")
 
 
+def _check_minority(args):
+    """--minority-class: class indices; checked against the dataset's K when it is loaded."""
+    parts = [p.strip() for p in str(args.minority_class).split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--minority-class: expected class indices like 3 or 3,5, got {args.minority_class!r}")
+    if args.profile != "bagan" and (args.drop_fraction is not None or args.minority_class != "0"):
+        raise UsageError("--minority-class/--drop-fraction: only with --profile bagan")
+    args.minority_class = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+
+
 def _flag(key):
     return "--" + key.replace("_", "-")
 
@@ -109,6 +119,11 @@ def add_dataset_arguments(p, imbalance_default=1.0):
     p.add_argument("--n-max", type=int, default=None, help="scale of the profile (default: smallest class; 5000 for "
                    "the Softlabel-GAN profiles)")
     p.add_argument("--image-size", type=int, default=None, help="pad/resize to this square size (fashion-mnist 32)")
+    p.add_argument("--minority-class", default="0", metavar="K[,K...]",
+                   help="profile bagan: the class(es) that lose images (default 0)")
+    p.add_argument("--drop-fraction", type=float, default=None,
+                   help="profile bagan: the fraction of each minority class dropped, in [0, 1) (default: keep "
+                        "n_max/rho)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
     p.add_argument("--device", default="cpu")
@@ -156,7 +171,9 @@ def _run_train_classifier(args):
     check_args(args, epochs=positive, batch_size=int_check(1), lr=positive, momentum=float_check(0),
                weight_decay=float_check(0), width=positive, imbalance=float_check(1), seed=int_check(0),
                eval_every=int_check(0), checkpoint_every=float_check(0), max_minutes=positive,
-               warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1))
+               warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1),
+               drop_fraction=float_check(0, 1, hi_open=True))
+    _check_minority(args)
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
@@ -193,6 +210,7 @@ def _train_classifier_with(args, device):
         progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
         selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed,
+        minority_class=args.minority_class, drop_fraction=args.drop_fraction,
         download=args.download, device=str(device), loss=args.loss, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,
@@ -217,6 +235,8 @@ def _configure_train(p):
                                                 "settings)")
     p.add_argument("--cb-reg", dest="cb_reg", default=None, action=argparse.BooleanOptionalAction,
                    help=OPTIONS["cb_reg"].help)
+    p.add_argument("--d-sn", dest="d_sn", default=None, action=argparse.BooleanOptionalAction,
+                   help=OPTIONS["d_sn"].help)
     for key, o in OPTIONS.items():
         if not o.flag or key == "seed":
             continue
@@ -251,7 +271,9 @@ def _train_settings(args):
             configure=_configure_train)
 def _run_train(args):
     settings = _train_settings(args)  # every number checked before any work
-    check_args(args, imbalance=float_check(1), threads=int_check(1), n_max=int_check(1), image_size=int_check(1))
+    check_args(args, imbalance=float_check(1), threads=int_check(1), n_max=int_check(1), image_size=int_check(1),
+               drop_fraction=float_check(0, 1, hi_open=True))
+    _check_minority(args)
     import torch
     from .data import get_dataset
     from .models.classifier import load_classifier
@@ -268,7 +290,8 @@ def _run_train(args):
         def load():
             return get_dataset(args.dataset, "train", root=args.root, image_size=args.image_size,
                                imbalance_ratio=args.imbalance, profile=args.profile, n_max=args.n_max,
-                               seed=args.seed, download=args.download, selection=args.selection)
+                               seed=args.seed, download=args.download, selection=args.selection,
+                               minority_class=args.minority_class, drop_fraction=args.drop_fraction)
         data = dist.local_main_first(load) if args.download else load()  # one download per node
         clf = load_classifier(args.classifier, map_location=device) if args.classifier else None
         ann = load_classifier(args.annotator, map_location=device) if args.annotator else None
@@ -356,6 +379,53 @@ def _run_sample(args):
     else:
         torchvision.utils.save_image(x, out, nrow=nrow, normalize=True, value_range=(-1, 1))
     print(out)
+    return 0
+
+
+def _configure_augment_eval(p):
+    p.add_argument("--run", action="append", default=[], help="a GAN run directory (repeat for several methods)")
+    p.add_argument("--out", required=True, help="directory of the classifiers and results.json (resumable)")
+    p.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    p.add_argument("--rows", default="plain,oversample,mirror",
+                   help="baseline rows besides the runs: comma-separated of plain, oversample, mirror")
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--width", type=float, default=0.5, help="classifier channel multiplier")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr-schedule", default="cosine", choices=("step", "cosine", "constant"))
+    p.add_argument("--augment", default="crop", choices=("crop-flip", "crop", "none"),
+                   help="the classifier's augmentation (default crop: flips would blur the mirror row)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+@subcommand("augment-eval", help="BAGAN's test: rebalance the training set with generated (or oversampled, or "
+            "mirrored) minority images, train the classifier, report its minority-class accuracy",
+            configure=_configure_augment_eval)
+def _run_augment_eval(args):
+    check_args(args, epochs=float_check(0, lo_open=True), width=float_check(0, lo_open=True),
+               batch_size=int_check(1), threads=int_check(1), seed=int_check(0))
+    rows = [r for r in args.rows.split(",") if r]
+    bad = [r for r in rows if r not in ("plain", "oversample", "mirror")]
+    if bad:
+        raise UsageError(f"--rows: expected plain, oversample, mirror, got {bad}")
+    for r in args.run:
+        if not os.path.isdir(r):
+            raise UsageError(f"--run: {r} is not a directory")
+    if not args.run:
+        raise UsageError("--run: give at least one GAN run (its dataset fixes the imbalanced set)")
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .train.augment_eval import augment_eval
+    res = augment_eval(args.out, args.run, rows=rows, checkpoint=args.checkpoint, seed=args.seed, device=args.device,
+                       progress=not args.no_progress, epochs=args.epochs, width=args.width,
+                       batch_size=args.batch_size, lr_schedule=args.lr_schedule, augment=args.augment)
+    for name, row in res["rows"].items():
+        acc = row["minority_accuracy"]
+        print(f"{name:>14}: minority accuracy {', '.join(f'{a:.3f}' for a in acc) if acc else 'n/a'}, balanced "
+              f"{row['balanced_accuracy']:.3f} (+{row['added']} images)")
     return 0
 
 

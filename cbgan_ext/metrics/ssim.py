@@ -16,8 +16,8 @@ def ssim(a, b):
     """Per-pair SSIM of two equally sized batches [N, C, H, W] in [−1, 1]: a tensor [N] (float64)."""
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ssim: two batches [N, C, H, W] of one shape expected, got {tuple(a.shape)} {tuple(b.shape)}")
-    fn = _ssim_fn()
-    return fn(a.double(), b.double(), data_range=2.0, reduction="none")
+    fn = _ssim_fn()  # float32: float64 is ~12x slower on CPU for a difference far below the spread between pairs
+    return fn(a.float(), b.float(), data_range=2.0, reduction="none").double()
 
 
 def mean_pair_ssim(images, n_pairs, generator=None):

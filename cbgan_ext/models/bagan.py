@@ -128,7 +128,7 @@ class BAGANTrunk(nn.Module):
             layers += [conv(cin, cout, 3, stride, 1), nn.LeakyReLU(LEAKY, inplace=True), nn.Dropout(DROPOUT)]
             cin = cout
         self.body = nn.Sequential(*layers)
-        self.feature_dim = cin * r * r
+        self.feature_dim = cin * res * res
         for m in self.modules():
             w = getattr(m, "weight_orig", None)
             if w is None and isinstance(m, nn.Conv2d):

@@ -45,7 +45,8 @@ AUGMENTS = ("crop-flip", "crop", "none")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What must agree between a checkpoint and the arguments of a resumed run.
 _RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "selection", "seed", "image_size", "n_max", "loss",
-                "width", "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp")
+                "width", "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp",
+                "minority_class", "drop_fraction", "extra_sha256")
 
 
 # One atomic writer for every checkpoint of the package (temp file, fsync, os.replace).
@@ -138,6 +139,7 @@ def resolve_amp(amp, device):
 
 def _default_config(**kw):
     cfg = dict(dataset="fashion-mnist", root=None, imbalance_ratio=1.0, profile="exp", selection="shuffle", seed=0,
+               minority_class=0, drop_fraction=None, extra=None, extra_sha256=None,
                image_size=None, n_max=None, loss="ce", epochs=10, batch_size=128, lr=0.1, momentum=0.9,
                weight_decay=2e-4, width=1.0, depth=32, lr_schedule="step", warmup_epochs=None, drw_epoch=None,
                augment="crop-flip",
@@ -180,7 +182,7 @@ class ClassifierTrainer(TrainLoop):
     format (``load_classifier``) at the path ``out``, with its JSONL log at ``<out>.metrics.jsonl``."""
 
     resume_may_change = ()
-    settings_added_later = {"selection": "shuffle"}
+    settings_added_later = {"selection": "shuffle", "minority_class": 0, "drop_fraction": None, "extra_sha256": None}
 
     def __init__(self, out, cfg, *, overwrite=False, progress=True, log=None):
         log = log or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -191,7 +193,10 @@ class ClassifierTrainer(TrainLoop):
         self.train_set = get_dataset(cfg["dataset"], "train", root=cfg["root"], image_size=cfg["image_size"],
                                      imbalance_ratio=cfg["imbalance_ratio"], profile=cfg["profile"],
                                      seed=cfg["seed"], n_max=cfg["n_max"], download=cfg["download"],
-                                     selection=cfg["selection"])
+                                     selection=cfg["selection"], minority_class=cfg["minority_class"],
+                                     drop_fraction=cfg["drop_fraction"])
+        if cfg["extra"]:
+            self.train_set, cfg["extra_sha256"] = _with_extra(self.train_set, cfg["extra"])
         self.test_set = get_dataset(cfg["dataset"], "test", root=cfg["root"], image_size=cfg["image_size"],
                                     download=cfg["download"])
         self.log(f"train: {self.train_set!r}\ntest: {self.test_set!r} (loaded in {time.time() - t0:.1f}s)")
@@ -342,6 +347,24 @@ class ClassifierTrainer(TrainLoop):
         st.update(step=0, loss_sum=0.0, correct=0, seen=0)
         self._mark = (time.time(), time.process_time())  # evaluation time is not training time
         return rec
+
+
+def _with_extra(train_set, path):
+    """The training set plus the images of ``path`` (a dict of uint8 ``images`` [M, C, H, W] and ``labels``
+    [M], e.g. generated minority images), and the file's digest (recorded, so a resume on another file is
+    refused)."""
+    extra = ckpt.load(path)
+    x, y = extra.get("images"), extra.get("labels")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or tuple(x.shape[1:]) != train_set.image_shape:
+        raise ValueError(f"train_classifier: {path}: images must be uint8 [M, {', '.join(map(str, train_set.image_shape))}]"
+                         f", got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or (len(y) and not 0 <= int(y.min()) <= int(y.max())
+                                                                        < train_set.num_classes):
+        raise ValueError(f"train_classifier: {path}: labels must be [{x.shape[0]}] in [0, {train_set.num_classes})")
+    merged = ImageDataset(torch.cat([train_set.images, x]), torch.cat([train_set.labels, y.to(torch.int64)]),
+                          train_set.num_classes, train_set.classes, None,
+                          {**train_set.config, "extra": os.path.abspath(path)})
+    return merged, _file_digest(path)
 
 
 def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=None, threads=None, **kwargs):

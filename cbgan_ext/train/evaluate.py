@@ -193,20 +193,21 @@ class Evaluator:
         """BAGAN's variability measures per class (None where a side has too few images): the mean SSIM of
         random pairs of fakes of the class and of real training pairs of the class (the paper's reference), and
         the mean SSIM of fakes to their nearest real training image of the class next to real-to-nearest-other-
-        real. ``self.variability`` = (training images, labels, pairs, nearest queries, pool cap)."""
+        real (for ``nearest_classes`` only, all when None: a search over the pool per query is costly).
+        ``self.variability`` = (training images, labels, pairs, nearest queries, pool cap, nearest_classes)."""
         from ..metrics.ssim import mean_pair_ssim, mean_nearest_ssim
-        images, train_labels, pairs, queries, pool = self.variability
+        images, train_labels, pairs, queries, pool, nearest_classes = self.variability
         out = {k: [] for k in ("fake_pairs", "real_pairs", "fake_to_nearest_real", "real_to_nearest_real")}
         for k in range(self.num_classes):
+            near = nearest_classes is None or k in nearest_classes
             f, r = fakes[labels == k], images[train_labels == k]
             if len(r) > pool:
                 r = r[torch.randperm(len(r), generator=generator)[:pool]]
             q_real = r[:queries]
             out["fake_pairs"].append(mean_pair_ssim(f, pairs, generator))
             out["real_pairs"].append(mean_pair_ssim(r, pairs, generator))
-            out["fake_to_nearest_real"].append(mean_nearest_ssim(f[:queries], r) if len(f) and len(r) else None)
-            out["real_to_nearest_real"].append(mean_nearest_ssim(q_real, r, exclude_self=True)
-                                               if len(r) >= 2 else None)
+            out["fake_to_nearest_real"].append(mean_nearest_ssim(f[:queries], r) if near else None)
+            out["real_to_nearest_real"].append(mean_nearest_ssim(q_real, r, exclude_self=True) if near else None)
         for key in list(out):
             known = [v for v in out[key] if v is not None]
             out[key + "_mean"] = float(np.mean(known)) if known else None

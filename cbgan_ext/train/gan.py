@@ -311,10 +311,11 @@ def _minority_of(dataset_config):
 
 
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
-                 ssim_pairs=1000, ssim_queries=50, ssim_pool=1000):
+                 ssim_pairs=500, ssim_queries=50, ssim_pool=500):
     """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
-    runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class, ``ssim_queries``
-    images per class searched for their nearest among up to ``ssim_pool`` training images of the class) and
+    runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class; for the minority
+    classes, ``ssim_queries`` images searched for their nearest among up to ``ssim_pool`` training images of
+    the class) and
     their minority classes named (``minority_classes``, ``minority_accuracy``)."""
     from ..models.classifier import load_classifier
     run = load_run(run_dir, checkpoint, device)
@@ -331,7 +332,8 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     if get_method(run.method).ssim_eval:  # BAGAN's measures, against the run's own (imbalanced) training images
         from ..data import dataset_from_config
         train = dataset_from_config(c["dataset"])
-        variability = (train.float_images(), train.labels, ssim_pairs, ssim_queries, ssim_pool)
+        variability = (train.float_images(), train.labels, ssim_pairs, ssim_queries, ssim_pool,
+                       _minority_of(c["dataset"]) or None)
     ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
                    real_labels=real.labels, prdc=run.conditional, variability=variability)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional, label=run.label)
