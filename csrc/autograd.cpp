@@ -2,9 +2,23 @@
 // of microseconds per call plus garbage-collector work, more than the whole fused op at the papers'
 // small shapes. Fake (meta) kernels stay in Python (cbgan_ext/ops/). Backward kernels are ops of their
 // own, so the backward is one dispatcher call to CPU or CUDA.
+//
+// Differentiating a gradient (a gradient penalty, R1: autograd.grad(..., create_graph=True)) is never silently
+// zero. _soft_label_projection_backward has a real double backward (ATen ops, so every higher order works
+// too); class_balancing_loss computes its gradient with ATen ops under create_graph (the fused backward op
+// reads non-differentiable saved outputs); _diff_augment_backward's double backward is registered in Python
+// (cbgan_ext/ops/diff_augment.py). _class_balancing_loss_backward called directly and the spectral-norm
+// backward ops attach an error node naming the op, which raises only if a second backward actually runs
+// through it. Outside grad mode (every ordinary backward) the backward ops go straight to the kernel.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include <string>
 
 namespace cbgan_ext {
 namespace {
@@ -13,6 +27,10 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // ---- class balancing regularizer -------------------------------------------------------------------
+// Under create_graph (a penalty on this gradient) the backward is written in ATen ops from the saved logits
+// instead: the same dz = p (g − ⟨p, g⟩) / B with g = w (log p̂ + 1) (0 where p̂ = 0), whose own autograd gives
+// the double backward. The saved probs and mean_probs are non-differentiable outputs, so the fused backward
+// op would cut the gradient's dependence on the logits.
 class ClassBalancingLossFunction : public torch::autograd::Function<ClassBalancingLossFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& class_weights) {
@@ -22,7 +40,7 @@ class ClassBalancingLossFunction : public torch::autograd::Function<ClassBalanci
                                                                                              const at::Tensor&)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [loss, counts, probs, mean_probs] = op.call(logits, class_weights);
-    ctx->save_for_backward({probs, class_weights, mean_probs});
+    ctx->save_for_backward({probs, class_weights, mean_probs, logits});
     ctx->mark_non_differentiable({counts, probs, mean_probs});
     ctx->set_materialize_grads(false);  // else a [B, K] zero gradient for probs every step
     return {loss, counts, probs, mean_probs};
@@ -34,7 +52,20 @@ class ClassBalancingLossFunction : public torch::autograd::Function<ClassBalanci
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
     if (!grads[0].defined()) return {at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) return {differentiable_backward(grads[0], saved[3], saved[1]), at::Tensor()};
     return {op.call(grads[0], saved[0], saved[1], saved[2]), at::Tensor()};
+  }
+
+  static at::Tensor differentiable_backward(const at::Tensor& grad, const at::Tensor& logits, const at::Tensor& w) {
+    const auto acc = at::toOpMathType(logits.scalar_type());
+    const at::Tensor p = at::softmax(logits.to(acc), 1);
+    const at::Tensor mp = p.mean(0);
+    const at::Tensor zero = mp.eq(0);
+    // log of 1, not of 0, where p̂ = 0: the masked branch must not put 0/0 into the gradient
+    const at::Tensor g =
+        at::where(zero, at::zeros_like(mp), w.to(acc) * (at::log(at::where(zero, at::ones_like(mp), mp)) + 1)) *
+        grad.to(acc);
+    return (p * (g - (p * g).sum(1, true)) / static_cast<double>(logits.size(0))).to(logits.scalar_type());
   }
 };
 
@@ -83,6 +114,84 @@ std::tuple<at::Tensor, at::Tensor> soft_label_projection_autograd(const at::Tens
   return {out[0], out[1]};
 }
 
+// The backward op's own autograd: the double backward of the projection (gradient penalties, R1 through a
+// projection discriminator). With g = grad_out, P = y E (hard: P_b = E_{y_b}) and the backward's outputs
+//   dh = g ⊙ P,   dE = (y ⊙ g)ᵀ h,   dy = g ⊙ (h Eᵀ),
+// and A, C, D the gradients arriving for dh, dE, dy, the scalar Σ A·dh + Σ C·dE + Σ D·dy has
+//   ∂/∂g_b = ⟨A_b, P_b⟩ + ⟨h_b, M_b⟩,  M = y C + D E   (hard: M_b = C_{y_b})
+//   ∂/∂h   = g ⊙ M
+//   ∂/∂E   = (y ⊙ g)ᵀ A + (D ⊙ g)ᵀ h  (hard: row k gets Σ_{b: y_b = k} g_b A_b)
+//   ∂/∂y   = g ⊙ (A Eᵀ + h Cᵀ)
+// proj is the forward's y E: its dependence on y and E is taken through P here, so it gets no gradient.
+// Written in ATen ops, so their own autograd gives the third and higher orders.
+class SoftLabelProjectionBackwardFunction : public torch::autograd::Function<SoftLabelProjectionBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_out, const at::Tensor& h,
+                               const at::Tensor& class_embedding, const at::Tensor& y, const at::Tensor& proj,
+                               std::array<bool, 3> mask) {
+    at::Tensor dh, dE, dy;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(dh, dE, dy) = call(grad_out, h, class_embedding, y, proj, mask);
+    }
+    ctx->save_for_backward({grad_out, h, class_embedding, y});
+    ctx->saved_data["mask"] = c10::List<bool>({mask[0], mask[1], mask[2] && y.is_floating_point()});
+    ctx->set_materialize_grads(false);
+    return {dh, dE, dy};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &g = saved[0], &h = saved[1], &E = saved[2], &y = saved[3];
+    const c10::List<bool> mask = ctx->saved_data["mask"].toBoolList();
+    const bool hard = !y.is_floating_point();
+    // An output the forward skipped (an empty [0] tensor) carries no gradient.
+    auto arriving = [&](size_t i) { return mask[i] && grads[i].defined() ? grads[i] : at::Tensor(); };
+    const at::Tensor A = arriving(0), C = arriving(1), D = arriving(2);
+    const at::Tensor gc = g.unsqueeze(1);
+    at::Tensor M;  // [B, L]: what h meets through dE and dy
+    if (C.defined()) M = hard ? C.index_select(0, y) : at::mm(y, C);
+    if (D.defined()) M = M.defined() ? M + at::mm(D, E) : at::mm(D, E);
+    at::Tensor gg, gh, gE, gy;
+    if (ctx->needs_input_grad(0)) {
+      if (A.defined()) gg = (A * (hard ? E.index_select(0, y) : at::mm(y, E))).sum(1);
+      if (M.defined()) gg = gg.defined() ? gg + (h * M).sum(1) : (h * M).sum(1);
+    }
+    if (ctx->needs_input_grad(1) && M.defined()) gh = gc * M;
+    if (ctx->needs_input_grad(2)) {
+      if (A.defined()) gE = hard ? at::zeros_like(E).index_add(0, y, gc * A) : at::mm((y * gc).t(), A);
+      if (D.defined()) gE = gE.defined() ? gE + at::mm((D * gc).t(), h) : at::mm((D * gc).t(), h);
+    }
+    if (!hard && ctx->needs_input_grad(3)) {
+      if (A.defined()) gy = gc * at::mm(A, E.t());
+      if (C.defined()) gy = gy.defined() ? gy + gc * at::mm(h, C.t()) : gc * at::mm(h, C.t());
+    }
+    return {gg, gh, gE, gy, at::Tensor(), at::Tensor()};
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> call(const at::Tensor& grad_out, const at::Tensor& h,
+                                                             const at::Tensor& E, const at::Tensor& y,
+                                                             const at::Tensor& proj, std::array<bool, 3> mask) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_soft_label_projection_backward", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, std::array<bool, 3>)>();
+    return op.call(grad_out, h, E, y, proj, mask);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_label_projection_backward_autograd(
+    const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& E, const at::Tensor& y, const at::Tensor& proj,
+    std::array<bool, 3> mask) {
+  if (!at::GradMode::is_enabled()) {  // every first-order backward: no node to build
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return SoftLabelProjectionBackwardFunction::call(grad_out, h, E, y, proj, mask);
+  }
+  auto out = SoftLabelProjectionBackwardFunction::apply(grad_out, h, E, y, proj, mask);
+  return {out[0], out[1], out[2]};
+}
+
 // ---- DiffAugment ---------------------------------------------------------------------------------------
 // The backward op's own autograd (for double backward) stays in Python: only higher-order uses reach it.
 class DiffAugmentFunction : public torch::autograd::Function<DiffAugmentFunction> {
@@ -123,12 +232,92 @@ at::Tensor diff_augment_autograd(const at::Tensor& x, c10::IntArrayRef program, 
   return DiffAugmentFunction::apply(x, program, color, translation, cutout, cutout_size);
 }
 
+// ---- backward ops without a double backward: a loud error, never a silent zero ----------------------------
+// Outputs computed below autograd; when grad mode is on and an input requires grad, the outputs get an Error
+// node whose next edges are those inputs, so a second backward through them raises, naming the op.
+void attach_double_backward_error(const char* op, const std::vector<at::Tensor>& inputs,
+                                  std::vector<at::Tensor> outputs) {
+  bool requires_grad = false;
+  for (const at::Tensor& t : inputs) requires_grad = requires_grad || (t.defined() && t.requires_grad());
+  if (!requires_grad) return;
+  c10::intrusive_ptr<torch::autograd::Node> node = c10::make_intrusive<torch::autograd::Error>(
+      std::string(op) + ": double backward is not supported (a gradient computed through this op was "
+                        "differentiated again); use the pure-PyTorch version in cbgan_ext.reference for "
+                        "higher-order gradients",
+      torch::autograd::collect_next_edges(at::TensorList(inputs)));
+  torch::autograd::set_history(outputs, node);
+}
+
+at::Tensor class_balancing_loss_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& probs,
+                                                  const at::Tensor& w, const at::Tensor& mean_probs) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cbgan_ext::_class_balancing_loss_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(grad_loss, probs, w, mean_probs);
+  }
+  if (at::GradMode::is_enabled())
+    attach_double_backward_error("_class_balancing_loss_backward", {grad_loss, probs, w, mean_probs}, {out});
+  return out;
+}
+
+at::Tensor spectral_norm_weight_backward_autograd(const at::Tensor& grad, const at::Tensor& weight,
+                                                  const at::Tensor& u, const at::Tensor& v, const at::Tensor& sigma,
+                                                  int64_t dim) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&, int64_t)>();
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(grad, weight, u, v, sigma, dim);
+  }
+  if (at::GradMode::is_enabled())
+    attach_double_backward_error("_spectral_norm_weight_backward", {grad, weight, u, v, sigma}, {out});
+  return out;
+}
+
+std::vector<at::Tensor> spectral_norm_weight_multi_backward_autograd(const c10::List<std::optional<at::Tensor>>& grads,
+                                                                     at::TensorList weights, at::TensorList us,
+                                                                     at::TensorList vs, const at::Tensor& sigmas,
+                                                                     at::IntArrayRef dims) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_multi_backward", "")
+                       .typed<std::vector<at::Tensor>(const c10::List<std::optional<at::Tensor>>&, at::TensorList,
+                                                      at::TensorList, at::TensorList, const at::Tensor&,
+                                                      at::IntArrayRef)>();
+  std::vector<at::Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = op.call(grads, weights, us, vs, sigmas, dims);
+  }
+  if (at::GradMode::is_enabled()) {
+    std::vector<at::Tensor> inputs(weights.begin(), weights.end());
+    for (size_t l = 0; l < grads.size(); ++l) {
+      const std::optional<at::Tensor> g = grads.get(l);
+      if (g.has_value() && g->defined()) inputs.push_back(*g);
+    }
+    inputs.insert(inputs.end(), us.begin(), us.end());
+    inputs.insert(inputs.end(), vs.begin(), vs.end());
+    inputs.push_back(sigmas);
+    attach_double_backward_error("_spectral_norm_weight_multi_backward", inputs, out);
+  }
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {
   m.impl("diff_augment", &diff_augment_autograd);
   m.impl("class_balancing_loss_forward", &class_balancing_loss_autograd);
   m.impl("soft_label_projection_forward", &soft_label_projection_autograd);
+  m.impl("_soft_label_projection_backward", &soft_label_projection_backward_autograd);
+  m.impl("_class_balancing_loss_backward", &class_balancing_loss_backward_autograd);
+  m.impl("_spectral_norm_weight_backward", &spectral_norm_weight_backward_autograd);
+  m.impl("_spectral_norm_weight_multi_backward", &spectral_norm_weight_multi_backward_autograd);
 }
 
 }  // namespace cbgan_ext

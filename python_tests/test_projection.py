@@ -310,7 +310,7 @@ def test_label_out_of_range_raises_and_leaves_device_usable(device, K):
 
 def test_backward_op_checks_labels_cpu():
     h, E = torch.randn(3, 4), torch.randn(5, 4)
-    with pytest.raises(RuntimeError, match="soft_label_projection: hard label index out of range"):
+    with pytest.raises(RuntimeError, match="_soft_label_projection_backward: hard label index out of range"):
         torch.ops.cbgan_ext._soft_label_projection_backward(torch.ones(3), h, E, torch.tensor([0, 5, 1]),
                                                             torch.empty(0), [True, True, False])
 

@@ -523,7 +523,7 @@ def test_bad_inputs_name_the_op(device):
         ops.spectral_norm_weight_multi([w, w.double()], [u, u.double()], [v, v.double()], [0, 0])
     with pytest.raises(TypeError, match=f"{M}: weights must be a list of tensors"):
         ops.spectral_norm_weight_multi(w, [u], [v], [0])
-    with pytest.raises(RuntimeError, match="spectral_norm_weight_backward: grad must have the weight's shape"):
+    with pytest.raises(RuntimeError, match="_spectral_norm_weight_backward: grad must have the weight's shape"):
         torch.ops.cbgan_ext._spectral_norm_weight_backward(w[:2], w, u, v, torch.tensor(1.0, device=device), 0)
 
 

@@ -1,6 +1,8 @@
 """class_balancing_loss: CBGAN's regularizer Σ_k w_k p̂_k log p̂_k (Eq. 7), fused forward and backward."""
 import torch
 
+from ._checks import same_device
+
 _OP = "class_balancing_loss"
 
 
@@ -10,6 +12,7 @@ def _acc_dtype(dtype):
 
 @torch.library.register_fake("cbgan_ext::class_balancing_loss_forward")
 def _fake_forward(logits, class_weights):
+    same_device(_OP, logits=logits, class_weights=class_weights)
     torch._check(logits.dim() == 2, lambda: f"{_OP}: logits must be 2-D [B, K], got shape {tuple(logits.shape)}")
     torch._check(logits.dtype.is_floating_point, lambda: f"{_OP}: logits must be floating point, got {logits.dtype}")
     torch._check(class_weights.dim() == 1 and class_weights.shape[0] == logits.shape[1],
@@ -22,6 +25,16 @@ def _fake_forward(logits, class_weights):
 
 @torch.library.register_fake("cbgan_ext::_class_balancing_loss_backward")
 def _fake_backward(grad_loss, probs, class_weights, mean_probs):
+    op = "_class_balancing_loss_backward"
+    same_device(op, probs=probs, grad_loss=grad_loss, class_weights=class_weights, mean_probs=mean_probs)
+    torch._check(probs.dim() == 2, lambda: f"{op}: probs must be [B, K], got shape {tuple(probs.shape)}")
+    K = probs.shape[1]
+    torch._check(class_weights.dim() == 1 and class_weights.shape[0] == K,
+                 lambda: f"{op}: class_weights must be [K] = [{K}], got shape {tuple(class_weights.shape)}")
+    torch._check(mean_probs.dim() == 1 and mean_probs.shape[0] == K and mean_probs.dtype == _acc_dtype(probs.dtype),
+                 lambda: f"{op}: mean_probs must be the forward's [K] = [{K}] {_acc_dtype(probs.dtype)} tensor, got "
+                         f"shape {tuple(mean_probs.shape)} and dtype {mean_probs.dtype}")
+    torch._check(grad_loss.numel() == 1, lambda: f"{op}: grad_loss must have one element")
     return torch.empty_like(probs)
 
 

@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 
+from ._checks import same_device
+
 _OP = "diff_augment"
 GROUPS = ("color", "translation", "cutout")
 _CODE = {g: i for i, g in enumerate(GROUPS)}
@@ -131,6 +133,7 @@ def _memory_format(x):
 
 @torch.library.register_fake("cbgan_ext::diff_augment")
 def _fake(x, program, color, translation, cutout, cutout_size):
+    same_device(_OP, x=x, color=color, translation=translation, cutout=cutout)
     torch._check(x.dim() == 4, lambda: f"{_OP}: x must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
     torch._check(x.dtype.is_floating_point, lambda: f"{_OP}: x must be floating point, got {x.dtype}")
     torch._check(color.dim() == 3 and color.shape[1] == x.shape[0],
@@ -140,6 +143,7 @@ def _fake(x, program, color, translation, cutout, cutout_size):
 
 @torch.library.register_fake("cbgan_ext::_diff_augment_backward")
 def _fake_backward(grad, program, color, translation, cutout, cutout_size):
+    same_device("_diff_augment_backward", grad=grad, color=color, translation=translation, cutout=cutout)
     return torch.empty(grad.shape, dtype=grad.dtype, device=grad.device, memory_format=_memory_format(grad))
 
 

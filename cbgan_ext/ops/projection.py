@@ -1,11 +1,15 @@
 """soft_label_projection: the projection discriminator's ⟨h_b, E y_b⟩ for soft or hard labels, fused."""
 import torch
 
+from ._checks import same_device
+
 _OP = "soft_label_projection"
+_BACKWARD = "_soft_label_projection_backward"
 
 
 @torch.library.register_fake("cbgan_ext::soft_label_projection_forward")
 def _fake_forward(h, class_embedding, y):
+    same_device(_OP, h=h, class_embedding=class_embedding, y=y)
     torch._check(h.dim() == 2, lambda: f"{_OP}: h must be 2-D [B, L], got shape {tuple(h.shape)}")
     torch._check(h.dtype.is_floating_point, lambda: f"{_OP}: h must be floating point, got {h.dtype}")
     torch._check(class_embedding.dim() == 2 and class_embedding.shape[1] == h.shape[1],
@@ -28,6 +32,9 @@ def _fake_forward(h, class_embedding, y):
 
 @torch.library.register_fake("cbgan_ext::_soft_label_projection_backward")
 def _fake_backward(grad_out, h, class_embedding, y, proj, output_mask):
+    same_device(_BACKWARD, h=h, grad_out=grad_out, class_embedding=class_embedding, y=y, proj=proj)
+    torch._check(grad_out.dim() == 1 and grad_out.shape[0] == h.shape[0],
+                 lambda: f"{_BACKWARD}: grad_out must be [B] = [{h.shape[0]}], got shape {tuple(grad_out.shape)}")
     def out(needed, shape):
         return h.new_empty(shape if needed else (0,))
     return (out(output_mask[0], h.shape), out(output_mask[1], class_embedding.shape),

@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from ._checks import same_device
+
 _PI = "spectral_norm_power_iteration"
 _W = "spectral_norm_weight"
 _MULTI = "spectral_norm_weight_multi"
@@ -31,6 +33,7 @@ def _wrap_dim(op, weight, dim):
 
 
 def _fake_layer_checks(op, weight, u, v, dim):
+    same_device(op, weight=weight, u=u, v=v)
     torch._check(weight.dim() >= 1, lambda: f"{op}: weight must have at least 1 dimension")
     torch._check(weight.dtype.is_floating_point, lambda: f"{op}: weight must be floating point, got {weight.dtype}")
     dim = _wrap_dim(op, weight, dim)
@@ -60,11 +63,19 @@ def _fake_weight(weight, u, v, dim, n_power_iterations, eps):
 
 @torch.library.register_fake("cbgan_ext::_spectral_norm_weight_backward")
 def _fake_weight_backward(grad_weight_sn, weight, u, v, sigma, dim):
+    op = "_spectral_norm_weight_backward"
+    same_device(op, weight=weight, grad=grad_weight_sn, sigma=sigma)
+    _fake_layer_checks(op, weight, u, v, dim)
+    torch._check(grad_weight_sn.shape == weight.shape,
+                 lambda: f"{op}: grad must have the weight's shape {tuple(weight.shape)}, got "
+                         f"{tuple(grad_weight_sn.shape)}")
+    torch._check(sigma.numel() == 1, lambda: f"{op}: sigma must have one element, got shape {tuple(sigma.shape)}")
     return weight.new_empty(weight.shape)
 
 
 @torch.library.register_fake("cbgan_ext::spectral_norm_weight_multi")
 def _fake_multi(weights, us, vs, dims, n_power_iterations, eps):
+    same_device(_MULTI, weights=weights, us=us, vs=vs)
     torch._check(len(weights) > 0, lambda: f"{_MULTI}: expected at least one weight")
     for w, u, v, d in zip(weights, us, vs, dims):
         _fake_layer_checks(_MULTI, w, u, v, d)
@@ -74,6 +85,11 @@ def _fake_multi(weights, us, vs, dims, n_power_iterations, eps):
 
 @torch.library.register_fake("cbgan_ext::_spectral_norm_weight_multi_backward")
 def _fake_multi_backward(grads, weights, us, vs, sigmas, dims):
+    op = "_spectral_norm_weight_multi_backward"
+    same_device(op, weights=weights, grads=grads, us=us, vs=vs, sigmas=sigmas)
+    torch._check(len(grads) == len(weights) and sigmas.numel() == len(weights),
+                 lambda: f"{op}: expected {len(weights)} grads and sigmas [{len(weights)}], got {len(grads)} and "
+                         f"{tuple(sigmas.shape)}")
     return [w.new_empty(w.shape) for w in weights]
 
 

@@ -8,10 +8,14 @@
 // Backward: with g_k = dL/dp̂_k = w_k (log p̂_k + 1),
 //   dL/dz_bj = (1/B) p_bj (g_j − Σ_k p_bk g_k).
 // When p̂_k underflows to 0 every p_bk is 0 too, so g_k is set to 0 there: 0·log 0 = 0 and the gradient
-// stays finite (the limit of p log p).
+// stays finite (the limit of p log p). Only an exact 0 takes that branch: a NaN p̂ (a NaN or ±Inf logit makes
+// its row's softmax NaN, as torch.softmax does) gives a NaN loss and NaN gradients, as the reference does,
+// instead of silently switching the regularizer off.
 #pragma once
 
 #include "macros.h"
+
+#include <ATen/OpMathType.h>
 
 #include <cmath>
 
@@ -23,17 +27,18 @@ constexpr int64_t kCBRowsPerChunk = 32;
 
 template <typename acc_t>
 HOST_DEVICE acc_t xlogx(acc_t p) {
-  return p > acc_t(0) ? p * log(p) : acc_t(0);
+  return p == acc_t(0) ? acc_t(0) : p * log(p);
 }
 
 template <typename acc_t>
 HOST_DEVICE acc_t cb_grad_coeff(acc_t grad, acc_t w, acc_t mean_p) {
-  return mean_p > acc_t(0) ? grad * w * (log(mean_p) + acc_t(1)) : acc_t(0);
+  return mean_p == acc_t(0) ? acc_t(0) : grad * w * (log(mean_p) + acc_t(1));
 }
 
 // Host-side argument checks, shared by both backends.
 inline void check_cb_inputs(const at::Tensor& logits, const at::Tensor& w) {
   constexpr const char* op = "class_balancing_loss";
+  check_same_device(op, logits, "logits", w, "class_weights");
   TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [B, K], got shape ", logits.sizes());
   check_floating(op, logits, "logits");
   check_floating(op, w, "class_weights");
@@ -41,7 +46,28 @@ inline void check_cb_inputs(const at::Tensor& logits, const at::Tensor& w) {
   TORCH_CHECK(logits.size(1) > 0, op, ": logits must have at least one class, got shape ", logits.sizes());
   TORCH_CHECK(w.dim() == 1 && w.size(0) == logits.size(1), op, ": class_weights must be [K] = [",
               logits.size(1), "] to match logits ", logits.sizes(), ", got shape ", w.sizes());
-  check_same_device(op, logits, "logits", w, "class_weights");
+}
+
+// The backward op is public through torch.ops: it reads mean_probs[k] and class_weights[k] for every column
+// of probs, so their sizes are checked as strictly as the forward's.
+inline void check_cb_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& probs, const at::Tensor& w,
+                                     const at::Tensor& mean_probs) {
+  constexpr const char* op = "_class_balancing_loss_backward";
+  check_same_device(op, probs, "probs", grad_loss, "grad_loss");
+  check_same_device(op, probs, "probs", w, "class_weights");
+  check_same_device(op, probs, "probs", mean_probs, "mean_probs");
+  TORCH_CHECK(probs.dim() == 2 && probs.size(0) > 0 && probs.size(1) > 0, op,
+              ": probs must be the forward's softmax [B, K] with B, K > 0, got shape ", probs.sizes());
+  check_floating(op, probs, "probs");
+  check_floating(op, grad_loss, "grad_loss");
+  check_floating(op, w, "class_weights");
+  TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must have one element, got shape ", grad_loss.sizes());
+  const int64_t K = probs.size(1);
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == K, op, ": class_weights must be [K] = [", K, "], got shape ", w.sizes());
+  const auto acc = at::toOpMathType(probs.scalar_type());
+  TORCH_CHECK(mean_probs.dim() == 1 && mean_probs.size(0) == K && mean_probs.scalar_type() == acc, op,
+              ": mean_probs must be the forward's [K] = [", K, "] ", acc, " tensor, got shape ", mean_probs.sizes(),
+              " and dtype ", mean_probs.scalar_type());
 }
 
 }  // namespace cbgan_ext

@@ -17,6 +17,13 @@
 // da_coef the coefficients; a colour stage needs m, the sample mean of its input, which is one reduction
 // pass over x per colour stage (a plain sum when no spatial stage precedes it).
 //
+// Non-finite values. With a colour stage every output reads channel and sample means, so a NaN spreads as in
+// the reference. A program without colour stages (`pure`: translations and cutouts only) must only move and
+// zero pixels, channel by channel, exactly as the reference does: a translation reads the zero padding
+// (a NaN or Inf moved out of the frame is gone), a cutout multiplies by a zero mask (x·0: NaN and Inf give
+// NaN, as in the reference). So for pure programs a cutout does not end the trace: the pixel stays live with
+// factor 0 (da_trace's `masked`) unless a translation moved it out of the frame.
+//
 // Backward: the map is affine with a symmetric linear part per colour stage (the channel-mean and sample-mean
 // projections are symmetric), so the adjoint is the same program reversed, with β = 0 and t negated
 // (a translation's adjoint gathers the gradient shifted back); cutout is self-adjoint.
@@ -38,6 +45,7 @@ struct DAProgram {
   int pidx[kDAMaxStages] = {};  // row of the stage's parameter tensor (occurrence index of its type)
   int64_t sign = 1;             // translation direction: −1 in the adjoint
   int brightness = 1;           // 0 in the adjoint: β drops out of a linear map's adjoint
+  int pure = 1;                 // no colour stage: outputs are x_c(src)·{0, 1} or 0, never channel mixes
   int64_t cut_h = 0, cut_w = 0;
 };
 
@@ -72,8 +80,9 @@ HOST_DEVICE void da_stage_params(const DAProgram& p, int s, const int64_t* trans
 
 // Traces output pixel (i, j) of stages [0, end) back to the input, with v[4 s ..] from da_stage_params.
 // Returns 0 and the source pixel when the pixel reads x, else s + 1 where stage s wrote a zero that the later
-// stages carry.
-HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W, int i, int j, int* si, int* sj) {
+// stages carry. Pure programs: a cutout sets *masked (the source is multiplied by 0) instead of returning.
+HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W, int i, int j, int* si, int* sj,
+                         bool* masked) {
   for (int s = end - 1; s >= 0; --s) {
     const int* u = v + 4 * s;
     if (p.type[s] == kDATranslation) {
@@ -81,7 +90,10 @@ HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W
       j += u[1];
       if (i < 0 || i >= H || j < 0 || j >= W) return s + 1;
     } else if (p.type[s] == kDACutout) {
-      if (i >= u[0] && i < u[1] && j >= u[2] && j < u[3]) return s + 1;
+      if (i >= u[0] && i < u[1] && j >= u[2] && j < u[3]) {
+        if (!p.pure) return s + 1;
+        *masked = true;
+      }
     }
   }
   *si = i;
@@ -121,6 +133,9 @@ inline bool da_has_spatial(const DAProgram& p, int end) {
 inline DAProgram da_make_program(const char* op, const at::Tensor& x, at::IntArrayRef program,
                                  const at::Tensor& color, const at::Tensor& trans, const at::Tensor& cut,
                                  at::IntArrayRef cutout_size, bool adjoint) {
+  check_same_device(op, x, "x", color, "color params");
+  check_same_device(op, x, "x", trans, "translation params");
+  check_same_device(op, x, "x", cut, "cutout params");
   TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [B, C, H, W], got shape ", x.sizes());
   check_floating(op, x, "x");
   TORCH_CHECK(static_cast<int64_t>(program.size()) <= kDAMaxStages, op, ": at most ", kDAMaxStages,
@@ -138,6 +153,7 @@ inline DAProgram da_make_program(const char* op, const at::Tensor& x, at::IntArr
     const int k = adjoint ? p.n - 1 - s : s;
     p.type[k] = static_cast<int>(t);
     p.pidx[k] = counts[t]++;
+    if (t == kDAColor) p.pure = 0;
   }
   p.sign = adjoint ? -1 : 1;
   p.brightness = adjoint ? 0 : 1;
@@ -155,9 +171,6 @@ inline DAProgram da_make_program(const char* op, const at::Tensor& x, at::IntArr
                   cut.size(2) == 2,
               op, ": cutout params must be int64 [", counts[2], ", ", B, ", 2], got ", cut.scalar_type(), " ",
               cut.sizes());
-  check_same_device(op, x, "x", color, "color params");
-  check_same_device(op, x, "x", trans, "translation params");
-  check_same_device(op, x, "x", cut, "cutout params");
   return p;
 }
 

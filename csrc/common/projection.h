@@ -36,9 +36,12 @@ HOST_DEVICE bool proj_label_ok(int64_t label, int64_t K) {
   return label >= 0 && label < K;
 }
 
-// Host-side argument checks, shared by both backends.
-inline void check_proj_inputs(const at::Tensor& h, const at::Tensor& E, const at::Tensor& y) {
-  constexpr const char* op = "soft_label_projection";
+// Host-side argument checks, shared by both backends; `op` is the name the messages use (the public
+// soft_label_projection for the forward, the registered _soft_label_projection_backward for the backward).
+inline void check_proj_inputs(const at::Tensor& h, const at::Tensor& E, const at::Tensor& y,
+                              const char* op = "soft_label_projection") {
+  check_same_device(op, h, "h", E, "class_embedding");
+  check_same_device(op, h, "h", y, "y");
   TORCH_CHECK(h.dim() == 2, op, ": h must be 2-D [B, L], got shape ", h.sizes());
   check_floating(op, h, "h");
   TORCH_CHECK(E.dim() == 2, op, ": class_embedding must be 2-D [K, L], got shape ", E.sizes());
@@ -47,8 +50,6 @@ inline void check_proj_inputs(const at::Tensor& h, const at::Tensor& E, const at
   TORCH_CHECK(E.size(0) > 0, op, ": class_embedding must have at least one class row, got shape ", E.sizes());
   TORCH_CHECK(E.scalar_type() == h.scalar_type(), op, ": class_embedding must have h's dtype ", h.scalar_type(),
               ", got ", E.scalar_type());
-  check_same_device(op, h, "h", E, "class_embedding");
-  check_same_device(op, h, "h", y, "y");
   const int64_t B = h.size(0), K = E.size(0);
   if (proj_is_hard(y)) {
     TORCH_CHECK(y.scalar_type() == at::kLong, op, ": y must be soft labels [B, K] (h's dtype) or hard labels [B] ",
@@ -62,25 +63,27 @@ inline void check_proj_inputs(const at::Tensor& h, const at::Tensor& E, const at
   }
 }
 
+constexpr const char* kProjBackwardOp = "_soft_label_projection_backward";
+
 inline void check_proj_backward_inputs(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& E,
                                        const at::Tensor& y, const at::Tensor& proj) {
-  constexpr const char* op = "soft_label_projection_backward";
-  check_proj_inputs(h, E, y);
+  constexpr const char* op = kProjBackwardOp;
+  check_same_device(op, h, "h", grad_out, "grad_out");
+  check_same_device(op, h, "h", proj, "proj");
+  check_proj_inputs(h, E, y, op);
   TORCH_CHECK(grad_out.dim() == 1 && grad_out.size(0) == h.size(0), op, ": grad_out must be [B] = [", h.size(0),
               "], got shape ", grad_out.sizes());
   check_floating(op, grad_out, "grad_out");
-  check_same_device(op, h, "h", grad_out, "grad_out");
   if (!proj_is_hard(y)) {
     TORCH_CHECK(proj.sizes() == h.sizes() && proj.scalar_type() == h.scalar_type(), op,
                 ": proj must be the forward's y E, [B, L] = ", h.sizes(), " of h's dtype, got shape ", proj.sizes(),
                 " and dtype ", proj.scalar_type());
-    check_same_device(op, h, "h", proj, "proj");
   }
 }
 
-inline void check_label_range(int64_t lo, int64_t hi, int64_t K) {
-  TORCH_CHECK(lo >= 0 && hi < K, "soft_label_projection: hard label index out of range [0, ", K,
-              "): labels span [", lo, ", ", hi, "]");
+inline void check_label_range(int64_t lo, int64_t hi, int64_t K, const char* op = "soft_label_projection") {
+  TORCH_CHECK(lo >= 0 && hi < K, op, ": hard label index out of range [0, ", K, "): labels span [", lo, ", ", hi,
+              "]");
 }
 
 }  // namespace cbgan_ext

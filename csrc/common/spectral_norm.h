@@ -92,11 +92,51 @@ inline std::vector<int64_t> check_sn_multi(const char* op, at::TensorList weight
 }
 
 inline void check_sn_grad(const char* op, const at::Tensor& grad, const at::Tensor& weight) {
+  check_same_device(op, weight, "weight", grad, "grad");
   TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad must have the weight's shape ", weight.sizes(), ", got ",
               grad.sizes());
   TORCH_CHECK(grad.scalar_type() == weight.scalar_type(), op, ": grad must have the weight's dtype ",
               weight.scalar_type(), ", got ", grad.scalar_type());
-  check_same_device(op, weight, "weight", grad, "grad");
+}
+
+constexpr const char* kSNBackwardOp = "_spectral_norm_weight_backward";
+constexpr const char* kSNMultiBackwardOp = "_spectral_norm_weight_multi_backward";
+
+// The backward ops' checks (both backends): the forward's layer checks, the gradient's shape, dtype and
+// device, and σ's. Returns dim wrapped.
+inline int64_t check_sn_backward(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
+                                 const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
+  constexpr const char* op = kSNBackwardOp;
+  check_same_device(op, weight, "weight", sigma, "sigma");
+  dim = check_sn_layer(op, weight, u, v, dim);
+  check_sn_grad(op, grad, weight);
+  TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element, got shape ", sigma.sizes());
+  check_floating(op, sigma, "sigma");
+  return dim;
+}
+
+// Returns the wrapped dims; grads gets the defined gradients (an undefined tensor for a layer without one).
+inline std::vector<int64_t> check_sn_multi_backward(const c10::List<std::optional<at::Tensor>>& grads_in,
+                                                    at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                                    const at::Tensor& sigmas, at::IntArrayRef dims_in,
+                                                    std::vector<at::Tensor>* grads) {
+  constexpr const char* op = kSNMultiBackwardOp;
+  const std::vector<int64_t> dims = check_sn_multi(op, weights, us, vs, dims_in);
+  const size_t L = weights.size();
+  check_same_device(op, weights[0], "weights", sigmas, "sigmas");
+  TORCH_CHECK(grads_in.size() == L, op, ": expected ", L, " grads (one per weight, None where unused), got ",
+              grads_in.size());
+  TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) == static_cast<int64_t>(L), op, ": sigmas must be [", L,
+              "], got shape ", sigmas.sizes());
+  check_floating(op, sigmas, "sigmas");
+  grads->assign(L, at::Tensor());
+  for (size_t l = 0; l < L; ++l) {
+    const std::optional<at::Tensor> g = grads_in.get(l);
+    if (!g.has_value() || !g->defined()) continue;
+    check_sn_grad(op, *g, weights[l]);
+    (*grads)[l] = *g;
+  }
+  return dims;
 }
 
 }  // namespace cbgan_ext

@@ -238,6 +238,7 @@ void cb_backward_rows(int, const scalar_t* p, const acc_t* g, scalar_t* out, int
 
 at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_in, const at::Tensor& w_in,
                            const at::Tensor& mean_probs) {
+  check_cb_backward_inputs(grad_loss, probs_in, w_in, mean_probs);
   const at::Tensor probs = probs_in.contiguous();
   const int64_t B = probs.size(0), K = probs.size(1);
   const auto acc_type = mean_probs.scalar_type();

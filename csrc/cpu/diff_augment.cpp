@@ -21,9 +21,11 @@ namespace cbgan_ext {
 namespace {
 
 // A run of columns [j0, j1) of an output row with the same start stage (0: reads x; s > 0: a constant).
+// masked (pure programs only): the run reads x and a cutout multiplies it by 0.
 struct Run {
   int64_t j0, j1;
   int start;
+  bool masked;
 };
 
 // Splits output row i of stages [0, end) into runs and returns the source row and column offset of the
@@ -57,15 +59,16 @@ void trace_row(const DAProgram& p, int end, const int64_t* trans, const int64_t*
   struct Iv {
     int64_t j0, j1;
     int v;
+    bool cut;
   };
   Iv iv[2 * kDAMaxStages + 1];
   int64_t pts[4 * kDAMaxStages + 4];
   int nv = 0, np = 0;
-  auto add = [&](int64_t j0, int64_t j1, int v) {
+  auto add = [&](int64_t j0, int64_t j1, int v, bool is_cut = false) {
     j0 = std::max<int64_t>(j0, 0);
     j1 = std::min<int64_t>(j1, W);
     if (j0 >= j1) return;
-    iv[nv++] = {j0, j1, v};
+    iv[nv++] = {j0, j1, v, is_cut};
     pts[np++] = j0;
     pts[np++] = j1;
   };
@@ -84,7 +87,7 @@ void trace_row(const DAProgram& p, int end, const int64_t* trans, const int64_t*
     } else if (p.type[s] == kDACutout) {
       const int64_t* o = cut + (p.pidx[s] * B + b) * 2;
       const int64_t r0 = o[0] - p.cut_h / 2, c0 = o[1] - p.cut_w / 2;
-      if (r >= r0 && r < r0 + p.cut_h) add(c0 - off, c0 + p.cut_w - off, s + 1);
+      if (r >= r0 && r < r0 + p.cut_h) add(c0 - off, c0 + p.cut_w - off, s + 1, true);
     }
   }
   pts[np++] = 0;
@@ -94,12 +97,19 @@ void trace_row(const DAProgram& p, int end, const int64_t* trans, const int64_t*
   runs.clear();
   for (int k = 0; k + 1 < np; ++k) {
     int v = 0;  // the latest stage that zeroed this elementary segment, which lies wholly inside or outside each
+    bool masked = false;
     for (int q = 0; q < nv; ++q)
-      if (iv[q].j0 <= pts[k] && pts[k + 1] <= iv[q].j1) v = std::max(v, iv[q].v);
-    if (!runs.empty() && runs.back().start == v)
+      if (iv[q].j0 <= pts[k] && pts[k + 1] <= iv[q].j1) {
+        if (p.pure && iv[q].cut)
+          masked = true;  // pure programs: a cutout multiplies by 0, it does not replace the value
+        else
+          v = std::max(v, iv[q].v);
+      }
+    masked = masked && v == 0;
+    if (!runs.empty() && runs.back().start == v && runs.back().masked == masked)
       runs.back().j1 = pts[k + 1];
     else
-      runs.push_back({pts[k], pts[k + 1], v});
+      runs.push_back({pts[k], pts[k + 1], v, masked});
   }
   *src_row = r;
   *col_off = off;
@@ -173,6 +183,16 @@ void live_run_nhwc(const scalar_t* __restrict__ x, scalar_t* __restrict__ o, int
 template <typename scalar_t>
 void fill_run(scalar_t* __restrict__ o, int64_t n, scalar_t z) {
   for (int64_t j = 0; j < n; ++j) o[j] = z;
+}
+
+// Pure programs: a copy, or x·0 under a cutout (NaN and Inf give NaN, finite values ±0, as the reference's mask).
+template <typename scalar_t, typename acc_t>
+void move_run(const scalar_t* __restrict__ x, scalar_t* __restrict__ o, int64_t n, bool masked) {
+  if (!masked) {
+    std::copy(x, x + n, o);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(static_cast<acc_t>(x[j]) * acc_t(0));
 }
 
 // Elements per parallel chunk (~50 µs of work). Under heavy load a parallel region can cost a scheduler
@@ -274,6 +294,17 @@ struct Runner {
       prev_sig = sig;
       for (const Run& u : runs) {
         const int64_t len = u.j1 - u.j0;
+        if (p.pure && u.start == 0) {  // channel by channel: no channel sum that would spread a NaN
+          if (!nhwc) {
+            for (int64_t c = 0; c < C_; ++c)
+              move_run<scalar_t, acc_t>(x + ((b * C_ + c) * H_ + r) * W_ + off + u.j0,
+                                        out + ((b * C_ + c) * H_ + i) * W_ + u.j0, len, u.masked);
+          } else {
+            move_run<scalar_t, acc_t>(x + ((b * H_ + r) * W_ + off + u.j0) * C_, out + ((b * H_ + i) * W_ + u.j0) * C_,
+                                      len * C_, u.masked);
+          }
+          continue;
+        }
         if (!nhwc) {
           scalar_t* o = out + (b * C_ * H_ + i) * W_ + u.j0;
           if (u.start == 0) {
@@ -362,7 +393,7 @@ at::Tensor diff_augment_cpu(const at::Tensor& x, at::IntArrayRef program, const 
 
 at::Tensor diff_augment_backward_cpu(const at::Tensor& grad, at::IntArrayRef program, const at::Tensor& color,
                                      const at::Tensor& trans, const at::Tensor& cut, at::IntArrayRef cutout_size) {
-  return da_run_cpu("diff_augment_backward", grad, program, color, trans, cut, cutout_size, true);
+  return da_run_cpu("_diff_augment_backward", grad, program, color, trans, cut, cutout_size, true);
 }
 
 }  // namespace

@@ -306,7 +306,7 @@ void scale_rows(const acc_t* g, const scalar_t* P, scalar_t* dh, scalar_t* S, co
 
 // ---- hard labels ------------------------------------------------------------------------------------------
 
-void check_labels_cpu(const at::Tensor& y, int64_t K) {
+void check_labels_cpu(const at::Tensor& y, int64_t K, const char* op) {
   const int64_t* lab = y.data_ptr<int64_t>();
   const int64_t B = y.numel();
   if (B == 0) return;
@@ -315,7 +315,7 @@ void check_labels_cpu(const at::Tensor& y, int64_t K) {
     lo = std::min(lo, lab[b]);
     hi = std::max(hi, lab[b]);
   }
-  check_label_range(lo, hi, K);
+  check_label_range(lo, hi, K, op);
 }
 
 constexpr int64_t kColBlock = 64;  // columns of a strided E read per block: the touched rows of Vᵀ stay cached
@@ -382,7 +382,7 @@ std::tuple<at::Tensor, at::Tensor> proj_forward_cpu(const at::Tensor& h_in, cons
   at::Tensor out = at::empty({B}, h.options());
   if (proj_is_hard(y_in)) {
     const at::Tensor y = y_in.contiguous();
-    check_labels_cpu(y, K);
+    check_labels_cpu(y, K, "soft_label_projection");
     // A row of E must be readable with one stride: any 2-D view qualifies.
     const at::Tensor& E = E_in;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "soft_label_projection", [&] {
@@ -426,7 +426,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
   at::Tensor dE, dy = none();
 
   if (hard) {
-    check_labels_cpu(y, K);
+    check_labels_cpu(y, K, kProjBackwardOp);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "soft_label_projection_backward", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const int64_t* lab = y.data_ptr<int64_t>();

@@ -436,10 +436,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sn_weight_cpu(const a
 
 at::Tensor sn_weight_backward_cpu(const at::Tensor& grad_in, const at::Tensor& weight_in, const at::Tensor& u_in,
                                   const at::Tensor& v_in, const at::Tensor& sigma, int64_t dim) {
-  constexpr const char* op = "spectral_norm_weight_backward";
-  dim = check_sn_layer(op, weight_in, u_in, v_in, dim);
-  check_sn_grad(op, grad_in, weight_in);
-  TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element, got shape ", sigma.sizes());
+  dim = check_sn_backward(grad_in, weight_in, u_in, v_in, sigma, dim);
   const at::Tensor grad = grad_in.contiguous(), weight = weight_in.contiguous();
   const at::Tensor u = u_in.contiguous(), v = v_in.contiguous();
   const at::Tensor sg = sigma.to(weight.scalar_type()).contiguous();
@@ -490,22 +487,18 @@ std::vector<at::Tensor> sn_weight_multi_backward_cpu(const c10::List<std::option
                                                      at::TensorList weights_in, at::TensorList us_in,
                                                      at::TensorList vs_in, const at::Tensor& sigmas_in,
                                                      at::IntArrayRef dims_in) {
-  constexpr const char* op = "spectral_norm_weight_multi_backward";
-  const std::vector<int64_t> dims = check_sn_multi(op, weights_in, us_in, vs_in, dims_in);
+  std::vector<at::Tensor> grads_def;
+  const std::vector<int64_t> dims =
+      check_sn_multi_backward(grads_in, weights_in, us_in, vs_in, sigmas_in, dims_in, &grads_def);
   const size_t L = weights_in.size();
-  TORCH_CHECK(grads_in.size() == L, op, ": expected ", L, " grads, got ", grads_in.size());
-  TORCH_CHECK(sigmas_in.dim() == 1 && sigmas_in.size(0) == static_cast<int64_t>(L), op, ": sigmas must be [", L,
-              "], got shape ", sigmas_in.sizes());
   const at::Tensor sigmas = sigmas_in.to(weights_in[0].scalar_type()).contiguous();
   std::vector<at::Tensor> grads(L), weights(L), us(L), vs(L), out(L);
   for (size_t l = 0; l < L; ++l) {
-    const std::optional<at::Tensor> g = grads_in.get(l);
     weights[l] = weights_in[l].contiguous();
     us[l] = us_in[l].contiguous();
     vs[l] = vs_in[l].contiguous();
-    if (g.has_value() && g->defined()) {
-      check_sn_grad(op, *g, weights_in[l]);
-      grads[l] = g->contiguous();
+    if (grads_def[l].defined()) {
+      grads[l] = grads_def[l].contiguous();
       out[l] = at::empty(weights[l].sizes(), weights[l].options());
     } else {
       out[l] = at::zeros(weights[l].sizes(), weights[l].options());

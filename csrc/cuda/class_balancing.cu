@@ -144,6 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cuda(const
 
 at::Tensor cb_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& probs_in, const at::Tensor& w_in,
                             const at::Tensor& mean_probs_in) {
+  check_cb_backward_inputs(grad_loss, probs_in, w_in, mean_probs_in);
   c10::cuda::CUDAGuard guard(probs_in.device());
   const at::Tensor probs = probs_in.contiguous();
   const int64_t B = probs.size(0), K = probs.size(1);

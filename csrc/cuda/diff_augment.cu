@@ -115,7 +115,8 @@ __global__ void da_traced_sum_kernel(const scalar_t* __restrict__ x, DAProgram p
     for (int q = q0 + threadIdx.x; q < q1; q += blockDim.x) {
       const int i = q / W, j = q - i * W;
       int si = 0, sj = 0;
-      const int st = da_trace(p, end, sm.v, H, W, i, j, &si, &sj);
+      bool masked = false;  // colour programs only here: never set
+      const int st = da_trace(p, end, sm.v, H, W, i, j, &si, &sj, &masked);
       v += st == 0 ? sm.tab[0].va * channel_sum<scalar_t, acc_t>(xs, si, sj, C, W, HW, nhwc) * invC + sm.tab[0].vg
                    : sm.tab[st].vg;
     }
@@ -162,7 +163,16 @@ __global__ void da_apply_kernel(const scalar_t* __restrict__ x, scalar_t* __rest
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
       const int i = q / W, j = q - i * W;
       int si = 0, sj = 0;
-      const int st = da_trace(p, p.n, sm.v, H, W, i, j, &si, &sj);
+      bool masked = false;
+      const int st = da_trace(p, p.n, sm.v, H, W, i, j, &si, &sj, &masked);
+      if (p.pure && st == 0) {  // channel by channel: a copy, or x·0 under a cutout (see diff_augment.h)
+        const acc_t f = masked ? acc_t(0) : acc_t(1);
+        const int64_t cs = nhwc ? 1 : HW;
+        const scalar_t* px = xs + (nhwc ? (static_cast<int64_t>(si) * W + sj) * C : static_cast<int64_t>(si) * W + sj);
+        scalar_t* o = os + (nhwc ? static_cast<int64_t>(q) * C : q);
+        for (int c = 0; c < C; ++c) o[c * cs] = static_cast<scalar_t>(f * static_cast<acc_t>(px[c * cs]));
+        continue;
+      }
       if (nhwc) {
         scalar_t* o = os + static_cast<int64_t>(q) * C;
         if (st == 0) {
@@ -281,7 +291,7 @@ at::Tensor diff_augment_cuda(const at::Tensor& x, at::IntArrayRef program, const
 
 at::Tensor diff_augment_backward_cuda(const at::Tensor& grad, at::IntArrayRef program, const at::Tensor& color,
                                       const at::Tensor& trans, const at::Tensor& cut, at::IntArrayRef cutout_size) {
-  return da_run_cuda("diff_augment_backward", grad, program, color, trans, cut, cutout_size, true);
+  return da_run_cuda("_diff_augment_backward", grad, program, color, trans, cut, cutout_size, true);
 }
 
 }  // namespace

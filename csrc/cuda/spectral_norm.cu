@@ -463,7 +463,6 @@ std::vector<at::Tensor> sn_backward_cuda_layers(const char* op, const std::vecto
   std::vector<size_t> active;
   for (size_t l = 0; l < L; ++l) {
     if (grads[l].defined()) {
-      check_sn_grad(op, grads[l], weights_in[l]);
       TORCH_CHECK(weights_in[l].numel() < (1LL << 31), op, ": weights of 2^31 or more elements are not supported");
       out[l] = at::empty(weights_in[l].sizes(), weights_in[l].options());
       active.push_back(l);
@@ -510,31 +509,18 @@ std::vector<at::Tensor> sn_backward_cuda_layers(const char* op, const std::vecto
 
 at::Tensor sn_weight_backward_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& u,
                                    const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
-  constexpr const char* op = "spectral_norm_weight_backward";
-  dim = check_sn_layer(op, weight, u, v, dim);
-  TORCH_CHECK(sigma.numel() == 1, op, ": sigma must have one element, got shape ", sigma.sizes());
-  check_same_device(op, weight, "weight", sigma, "sigma");
+  dim = check_sn_backward(grad, weight, u, v, sigma, dim);
   c10::cuda::CUDAGuard guard(weight.device());
-  return sn_backward_cuda_layers(op, {grad}, {weight}, {u}, {v}, sigma.reshape({1}), {dim})[0];
+  return sn_backward_cuda_layers(kSNBackwardOp, {grad}, {weight}, {u}, {v}, sigma.reshape({1}), {dim})[0];
 }
 
 std::vector<at::Tensor> sn_weight_multi_backward_cuda(const c10::List<std::optional<at::Tensor>>& grads_in,
                                                       at::TensorList weights, at::TensorList us, at::TensorList vs,
                                                       const at::Tensor& sigmas, at::IntArrayRef dims_in) {
-  constexpr const char* op = "spectral_norm_weight_multi_backward";
-  const std::vector<int64_t> dims = check_sn_multi(op, weights, us, vs, dims_in);
-  const size_t L = weights.size();
-  TORCH_CHECK(grads_in.size() == L, op, ": expected ", L, " grads, got ", grads_in.size());
-  TORCH_CHECK(sigmas.dim() == 1 && sigmas.size(0) == static_cast<int64_t>(L), op, ": sigmas must be [", L,
-              "], got shape ", sigmas.sizes());
-  check_same_device(op, weights[0], "weights", sigmas, "sigmas");
+  std::vector<at::Tensor> grads;
+  const std::vector<int64_t> dims = check_sn_multi_backward(grads_in, weights, us, vs, sigmas, dims_in, &grads);
   c10::cuda::CUDAGuard guard(weights[0].device());
-  std::vector<at::Tensor> grads(L);
-  for (size_t l = 0; l < L; ++l) {
-    const std::optional<at::Tensor> g = grads_in.get(l);
-    if (g.has_value() && g->defined()) grads[l] = *g;
-  }
-  return sn_backward_cuda_layers(op, grads, weights, us, vs, sigmas, dims);
+  return sn_backward_cuda_layers(kSNMultiBackwardOp, grads, weights, us, vs, sigmas, dims);
 }
 
 }  // namespace
