@@ -1,0 +1,352 @@
+"""BAGAN, ACGAN and the single-class GAN: networks against the released code's definitions, the batch
+composition, the class Gaussians, resume across the three stages, bad input, the augmented-classifier test's
+extra sets, and the SSIM summaries."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cbgan_ext.data import ImageDataset, long_tailed_counts, minority_classes
+from cbgan_ext.models import build_gan
+from cbgan_ext.models.bagan import BAGANEncoder, BAGANGenerator, BAGANTrunk, latent_resolution
+from cbgan_ext.train.gan import GANTrainer
+from cbgan_ext.train.loop import ConfigMismatchError
+from cbgan_ext.train.methods import get_method
+from cbgan_ext.train.methods.bagan import fit_class_gaussians
+
+K = 4
+
+
+def tiny_data(counts=(40, 40, 40, 6), size=16, seed=0, minority=3):
+    """uint8 images of `size`, ``counts`` per class, a bagan-profile config naming the minority class."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.randint(0, 256, (len(labels), 1, size, size), generator=g, dtype=torch.uint8)
+    config = dict(name="synthetic", profile="bagan", minority_class=minority, drop_fraction=0.9)
+    return ImageDataset(images, labels, len(counts), config=config)
+
+
+SMALL = dict(width=0.125, batch_size=8, z_dim=8, log_every=1, sample_every=0, ckpt_every=2)
+
+
+# ---- networks ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size,r", [(28, 7), (32, 8), (64, 8), (16, 8)])
+def test_latent_resolution_is_the_released_min_latent_res(size, r):
+    assert latent_resolution(size) == r
+
+
+@pytest.mark.parametrize("size", [30, 0, 1, 36 * 3])
+def test_latent_resolution_refuses_sizes_the_decoder_cannot_reach(size):
+    with pytest.raises(ValueError, match="image_size"):
+        latent_resolution(size)
+
+
+def test_decoder_layers_match_the_released_code():
+    G = BAGANGenerator(z_dim=100, channels=3, image_size=32)
+    dense = [m for m in G.dense if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features, m.bias) for m in dense] == [(100, 1024, None), (1024, 128 * 64, None)]
+    convs = [m for m in G.blocks if isinstance(m, nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size, m.bias) for m in convs] == \
+        [(128, 256, (5, 5), None), (256, 128, (5, 5), None)]
+    assert sum(isinstance(m, nn.Upsample) for m in G.blocks) == 2
+    assert (G.out.out_channels, G.out.kernel_size, G.out.bias) == (3, (2, 2), None)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
+    x = G.decode(torch.randn(5, 100))
+    assert x.shape == (5, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_trunk_layers_match_the_released_code():
+    t = BAGANTrunk(channels=1, image_size=28)
+    convs = [m for m in t.body if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.stride[0], m.kernel_size) for m in convs] == \
+        [(32, 2, (3, 3)), (64, 1, (3, 3)), (128, 2, (3, 3)), (256, 1, (3, 3))]
+    assert all(m.negative_slope == 0.3 for m in t.body if isinstance(m, nn.LeakyReLU))
+    assert [m.p for m in t.body if isinstance(m, nn.Dropout)] == [0.3] * 4
+    assert t(torch.randn(2, 1, 28, 28)).shape == (2, 256 * 7 * 7) and t.feature_dim == 256 * 49
+    t64 = BAGANTrunk(channels=3, image_size=64)  # one more [256 stride 2, 256] pair to reach 8x8
+    assert len([m for m in t64.body if isinstance(m, nn.Conv2d)]) == 6
+    assert t64(torch.randn(1, 3, 64, 64)).shape == (1, t64.feature_dim)
+
+
+def test_heads_and_conditioning():
+    G, D = build_gan("bagan", channels=1, image_size=32, width=0.25, z_dim=10, num_classes=K, d_head="classes+1",
+                     g_gaussians=True, conditional_g=False)
+    x = G(torch.randn(3, 10), torch.tensor([0, 1, 3]))
+    assert D(x).shape == (3, K + 1)
+    assert not any("weight_orig" in n for n, _ in D.named_parameters())  # no spectral norm by default
+    with pytest.raises(ValueError, match="labels"):
+        G(torch.randn(3, 10))
+    G2, D2 = build_gan("bagan", channels=1, image_size=32, width=0.25, z_dim=10, num_classes=K,
+                       d_head="aux-classifier", d_spectral_norm=True)
+    src, cls = D2(G2(torch.randn(2, 10), torch.tensor([1, 2])))
+    assert src.shape == (2,) and cls.shape == (2, K)
+    assert any("weight_orig" in n for n, _ in D2.named_parameters())
+    with pytest.raises(ValueError, match="bagan"):
+        build_gan("sndcgan", num_classes=K, d_head="classes+1", g_gaussians=True)
+
+
+def test_generator_samples_the_class_gaussians():
+    G = BAGANGenerator(z_dim=3, channels=1, image_size=16, width=0.125, num_classes=2, gaussians=True)
+    mean = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    cov = torch.tensor([[2.0, 0.6, 0.0], [0.6, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    chol = torch.stack([torch.linalg.cholesky(cov), torch.eye(3)])
+    G.set_class_gaussians(mean, chol)
+    seen = []
+    G.decode = lambda latent: seen.append(latent) or latent  # the latent G decodes
+    z = torch.randn(200000, 3, generator=torch.Generator().manual_seed(0))
+    lat = G(z, torch.zeros(200000, dtype=torch.int64))
+    assert torch.allclose(lat.mean(0), mean[0], atol=0.02)
+    assert torch.allclose(torch.cov(lat.T), cov, atol=0.03)
+
+
+# ---- class Gaussians -------------------------------------------------------------------------------------
+
+class CodeEncoder(nn.Module):
+    """Returns the first d pixels of each image as its code: codes of our choosing."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return x.flatten(1)[:, :self.d].double() + self.dummy
+
+
+def test_gaussians_are_the_class_moments_of_the_codes():
+    g = torch.Generator().manual_seed(1)
+    d, counts = 4, [50, 30, 3, 1]
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.randn(len(labels), 1, 2, 2, generator=g) + labels.view(-1, 1, 1, 1).double()
+    fit = fit_class_gaussians(CodeEncoder(d), images.double(), labels, 4, shrinkage=0.25)
+    codes = images.flatten(1).numpy()
+    for k in (0, 1):  # full-rank classes: numpy's unbiased moments, untouched
+        ck = codes[labels.numpy() == k]
+        assert np.allclose(fit["means"][k].numpy(), ck.mean(0))
+        assert np.allclose(fit["covariances"][k].numpy(), np.cov(ck, rowvar=False))
+        assert fit["classes"][k]["shrinkage"] == 0.0
+    rec = fit["classes"]
+    assert rec[2]["shrinkage"] == 0.25 and rec[3]["shrinkage"] == 1.0  # 3 <= d images; a single image
+    c2 = codes[labels.numpy() == 2]
+    centred = np.concatenate([codes[labels.numpy() == k] - codes[labels.numpy() == k].mean(0) for k in range(4)])
+    pooled = np.diag((centred ** 2).sum(0) / (len(centred) - 4))
+    assert np.allclose(fit["covariances"][2].numpy(), 0.75 * np.cov(c2, rowvar=False) + 0.25 * pooled)
+    assert np.allclose(fit["covariances"][3].numpy(), pooled)
+    for k in range(4):
+        L = fit["cholesky"][k]
+        assert torch.isfinite(L).all() and rec[k]["min_eigenvalue"] > 0
+        assert torch.allclose(L @ L.T, fit["covariances"][k] + rec[k]["jitter"] * torch.eye(d), atol=1e-10)
+
+
+# ---- the methods in the loop ------------------------------------------------------------------------------
+
+def test_bagan_batch_composition_and_losses(tmp_path):
+    data = tiny_data()
+    t = GANTrainer(data, str(tmp_path / "b"), method="bagan", steps=1, ae_steps=1, progress=False, **SMALL)
+    assert (t.n_fake_d, t.n_fake_g) == (math.ceil(8 / K), 8 + math.ceil(8 / K))
+    seen = []
+    orig = t.D.forward
+    t.D.forward = lambda x, y=None: seen.append(x.shape[0]) or orig(x)
+    t.run()
+    assert seen[:2] == [8 + 2, 10]  # D step: 8 reals + 2 fakes in one batch; G step: 8 + 2 fakes
+    M = t.method
+    logits_r, logits_f = torch.randn(8, K + 1), torch.randn(2, K + 1)
+    yr = torch.randint(0, K, (8,))
+    D = lambda x: torch.cat([logits_r, logits_f])  # noqa: E731
+    loss, _ = M.d_loss(D, torch.zeros(8), yr, torch.zeros(2), torch.zeros(2, dtype=torch.int64))
+    expect = F.cross_entropy(torch.cat([logits_r, logits_f]), torch.cat([yr, torch.full((2,), K)]))
+    assert torch.allclose(loss, expect)  # one mean over the concatenation, as Keras' train_on_batch
+    for name in ("autoencoder.pt", "gaussians.pt", "gaussians.json", "checkpoint.pt", "autoencoder.jsonl"):
+        assert (tmp_path / "b" / name).exists()
+    summary = json.loads((tmp_path / "b" / "gaussians.json").read_text())
+    assert [c["images"] for c in summary["classes"]] == [40, 40, 40, 6]
+    assert summary["classes"][3]["shrinkage"] == 0.1  # 6 images <= 8 latent dimensions
+
+
+def test_bagan_initialises_g_from_the_decoder_and_d_from_the_encoder(tmp_path):
+    data = tiny_data()
+    t = GANTrainer(data, str(tmp_path / "b"), method="bagan", steps=0, ae_steps=2, progress=False, **SMALL)
+    t.run()
+    ae = torch.load(tmp_path / "b" / "autoencoder.pt", weights_only=False)
+    for k, v in ae["modules"]["E"].items():
+        if k.startswith("trunk."):
+            assert torch.equal(t.D.state_dict()[k], v)
+    for k, v in ae["modules"]["G"].items():
+        if not k.startswith("class_"):
+            assert torch.equal(t.G.state_dict()[k], v)
+    fit = torch.load(tmp_path / "b" / "gaussians.pt", weights_only=False)
+    assert torch.allclose(t.G.class_mean, fit["means"].float())
+    assert torch.equal(t.ema.model.class_chol, t.G.class_chol)
+
+
+def test_rebalance_sampling_follows_the_released_formula():
+    M = get_method("bagan")(4, [100, 100, 100, 10], {"class_sampling": "rebalance"})
+    share = np.array([100, 100, 100, 10]) / 310
+    p = np.clip(2 / 4 - share, 0, None)
+    assert np.allclose(M.class_probs().numpy(), p / p.sum())
+    y = M.sample_labels(20000, torch.Generator().manual_seed(0), "cpu")
+    assert abs(float((y == 3).double().mean()) - p[3] / p.sum()) < 0.02
+
+
+def _train_in_pieces(tmp_path, name, crash_at):
+    """bagan with 4 AE and 4 GAN steps, killed before the train_step calls numbered in ``crash_at`` (counted
+    over every attempt, AE steps first) and resumed each time; returns the final checkpoint."""
+    data = tiny_data()
+    out = str(tmp_path / name)
+    calls = {"n": 0}
+    from cbgan_ext.train.methods import bagan as bagan_mod
+    ae_step, gan_step = bagan_mod.AutoencoderStage.train_step, GANTrainer.train_step
+
+    def counting(fn):
+        def step(self, s):
+            calls["n"] += 1
+            if calls["n"] in crash_at:
+                raise KeyboardInterrupt
+            return fn(self, s)
+        return step
+    bagan_mod.AutoencoderStage.train_step = counting(ae_step)
+    GANTrainer.train_step = counting(gan_step)
+    crashes = 0
+    try:
+        while True:
+            try:
+                GANTrainer(data, out, method="bagan", steps=4, ae_steps=4, progress=False, **SMALL).run()
+                break
+            except KeyboardInterrupt:
+                crashes += 1
+    finally:
+        bagan_mod.AutoencoderStage.train_step, GANTrainer.train_step = ae_step, gan_step
+    assert crashes == len(crash_at)
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False), calls["n"]
+
+
+def test_resume_is_exact_across_the_three_stages(tmp_path):
+    whole, n_whole = _train_in_pieces(tmp_path, "whole", set())
+    assert n_whole == 8
+    # call 4 is AE step 4 (the AE resumes from its checkpoint at 2 and re-runs step 3); call 9 is GAN step 3
+    # (resumes from the GAN checkpoint at 2)
+    pieces, n_pieces = _train_in_pieces(tmp_path, "pieces", {4, 9})
+    assert n_pieces == 8 + 2 + 1
+    for part in ("G", "D"):
+        for k, v in whole["modules"][part].items():
+            assert torch.equal(v, pieces["modules"][part][k]), (part, k)
+    assert whole["step"] == pieces["step"] == 4
+    assert torch.equal(whole["ema"]["class_chol"], pieces["ema"]["class_chol"])
+
+
+def test_acgan_and_minority_gan_train(tmp_path):
+    data = tiny_data()
+    t = GANTrainer(data, str(tmp_path / "a"), method="acgan", steps=2, progress=False, **SMALL)
+    t.run()
+    rec = [json.loads(line) for line in open(tmp_path / "a" / "metrics.jsonl")]
+    assert all(math.isfinite(r["aux_d"]) for r in rec if r.get("event") == "train")
+    m = GANTrainer(data, str(tmp_path / "m"), method="minority-gan", steps=2, progress=False, **SMALL)
+    assert m.labels.unique().tolist() == [3] and len(m.labels) == 6  # the minority class alone
+    assert m.method.eval_label() == 3 and not m.method.conditional
+    m.run()
+    m2 = GANTrainer(data, str(tmp_path / "m2"), method="minority-gan", steps=1, target_class=1, progress=False,
+                    **SMALL)
+    assert m2.labels.unique().tolist() == [1]
+
+
+def test_acgan_losses_are_odena_et_al():
+    M = get_method("acgan")(K)
+    src, cls = torch.randn(10), torch.randn(10, K)
+    yr, yf = torch.randint(0, K, (6,)), torch.randint(0, K, (4,))
+    loss, _ = M.d_loss(lambda x: (src, cls), torch.zeros(6), yr, torch.zeros(4), yf)
+    expect = (F.binary_cross_entropy_with_logits(src, torch.cat([torch.ones(6), torch.zeros(4)]))
+              + F.cross_entropy(cls, torch.cat([yr, yf])))
+    assert torch.allclose(loss, expect)
+    gl, _ = M.g_loss(lambda x: (src[:4], cls[:4]), None, None, torch.zeros(4), yf)
+    assert torch.allclose(gl, F.binary_cross_entropy_with_logits(src[:4], torch.ones(4)) + F.cross_entropy(cls[:4], yf))
+
+
+# ---- bad input ---------------------------------------------------------------------------------------------
+
+def test_bad_input_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"minority_class must be in \[0, 10\)"):
+        long_tailed_counts(100, 10, profile="bagan", minority_class=10)
+    with pytest.raises(ValueError, match="twice"):
+        minority_classes([2, 2], 10)
+    assert minority_classes("5,2", 10) == (2, 5)
+    assert long_tailed_counts(100, 4, profile="bagan", minority_class=[1, 3], drop_fraction=0.9) == [100, 10, 100, 10]
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="drop_fraction"):
+            long_tailed_counts(100, 10, profile="bagan", drop_fraction=bad)
+    data = tiny_data()
+    with pytest.raises(ValueError, match="latent_shrinkage"):
+        GANTrainer(data, str(tmp_path / "x"), method="bagan", latent_shrinkage=0.0, progress=False, **SMALL)
+    assert not (tmp_path / "x" / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="arch must be 'bagan'"):
+        GANTrainer(data, str(tmp_path / "y"), method="bagan", **{**SMALL, "z_dim": 128}, arch="sndcgan")
+    two = tiny_data()
+    two.config["minority_class"] = [2, 3]
+    with pytest.raises(ValueError, match="target_class"):
+        GANTrainer(two, str(tmp_path / "z"), method="minority-gan", progress=False, **SMALL)
+
+
+def test_a_run_directory_of_another_method_is_refused(tmp_path):
+    data = tiny_data()
+    GANTrainer(data, str(tmp_path / "r"), method="acgan", steps=1, progress=False, **SMALL).run()
+    with pytest.raises(ConfigMismatchError, match="method"):
+        GANTrainer(data, str(tmp_path / "r"), method="bagan", steps=1, ae_steps=1, progress=False, **SMALL).run()
+
+
+def test_cli_refuses_a_bad_minority_class(capsys):
+    from cbgan_ext.cli import main
+    assert main(["train", "--method", "bagan", "--profile", "bagan", "--minority-class", "a", "--out", "/nonexistent/x"]) == 2
+    assert "--minority-class" in capsys.readouterr().err
+    assert main(["train", "--method", "bagan", "--profile", "bagan", "--drop-fraction", "1", "--out", "/nonexistent/x"]) == 2
+    assert "--drop-fraction" in capsys.readouterr().err
+
+
+# ---- augment-eval's extra sets, SSIM ------------------------------------------------------------------------
+
+def test_extra_images_rebalance_the_minority_class():
+    from cbgan_ext.train.augment_eval import extra_images
+    data = tiny_data()
+    x, y = extra_images("oversample", data, (3,))
+    assert len(x) == 34 and (y == 3).all()
+    real = data.images[data.labels == 3]
+    assert torch.equal(x[:6], real) and torch.equal(x[6:12], real)
+    xm, _ = extra_images("mirror", data, (3,))
+    assert torch.equal(xm[:6], real.flip(-1))
+
+
+def test_classifier_refuses_a_misshapen_extra_file(tmp_path):
+    from cbgan_ext.train.classifier import _with_extra
+    data = tiny_data()
+    bad = tmp_path / "bad.pt"
+    torch.save({"images": torch.zeros(3, 1, 8, 8, dtype=torch.uint8), "labels": torch.zeros(3, dtype=torch.int64)}, bad)
+    with pytest.raises(ValueError, match="images must be uint8"):
+        _with_extra(data, str(bad))
+    good = tmp_path / "good.pt"
+    torch.save({"images": torch.zeros(3, 1, 16, 16, dtype=torch.uint8), "labels": torch.full((3,), 3)}, good)
+    merged, digest = _with_extra(data, str(good))
+    assert merged.class_counts == [40, 40, 40, 9] and len(digest) == 64
+    torch.save({"images": torch.zeros(3, 1, 16, 16, dtype=torch.uint8), "labels": torch.full((3,), 4)}, good)
+    with pytest.raises(ValueError, match="labels"):
+        _with_extra(data, str(good))
+
+
+def test_ssim_summaries():
+    pytest.importorskip("torchmetrics")
+    from cbgan_ext.metrics.ssim import mean_nearest_ssim, mean_pair_ssim, nearest_ssim, ssim
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 1, 16, 16, generator=g) * 2 - 1
+    assert torch.allclose(ssim(a, a), torch.ones(6, dtype=torch.float64), atol=1e-5)
+    assert mean_pair_ssim(a[:1].expand(5, -1, -1, -1), 50, g) == pytest.approx(1.0, abs=1e-5)
+    assert mean_pair_ssim(a, 200, g) < 0.5  # distinct noise images: never paired with themselves
+    assert mean_pair_ssim(a[:1], 10, g) is None
+    pool = torch.cat([a, a[:2] * 0.9])
+    near = nearest_ssim(a[:2], pool, exclude_self=True)  # each finds its scaled copy, not itself
+    assert (near < 1 - 1e-4).all() and (near > 0.9).all()
+    assert mean_nearest_ssim(a[:0], pool) is None
+    with pytest.raises(ValueError, match="ssim"):
+        ssim(a, a[:3])
