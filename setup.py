@@ -103,7 +103,7 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not pinned or listed: pip would otherwise replace the user's (CUDA) build.
     install_requires=["numpy", "tqdm", "clean-fid", "scipy", "matplotlib", "pillow"],
-    extras_require={"digits": ["scikit-learn"], "metrics": ["prdc"],
-                    "test": ["pytest", "pytest-benchmark", "expecttest", "scikit-learn", "prdc"]},
+    extras_require={"digits": ["scikit-learn"], "metrics": ["prdc", "torchmetrics"],
+                    "test": ["pytest", "pytest-benchmark", "expecttest", "scikit-learn", "prdc", "torchmetrics"]},
     zip_safe=False,
 )
