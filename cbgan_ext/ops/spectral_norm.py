@@ -63,6 +63,11 @@ def _fake_weight(weight, u, v, dim, n_power_iterations, eps):
 
 @torch.library.register_fake("cbgan_ext::_spectral_norm_weight_backward")
 def _fake_weight_backward(grad_weight_sn, weight, u, v, sigma, dim):
+    _check_weight_backward(grad_weight_sn, weight, u, v, sigma, dim)
+    return weight.new_empty(weight.shape)
+
+
+def _check_weight_backward(grad_weight_sn, weight, u, v, sigma, dim):
     op = "_spectral_norm_weight_backward"
     same_device(op, weight=weight, grad=grad_weight_sn, sigma=sigma)
     _fake_layer_checks(op, weight, u, v, dim)
@@ -70,27 +75,38 @@ def _fake_weight_backward(grad_weight_sn, weight, u, v, sigma, dim):
                  lambda: f"{op}: grad must have the weight's shape {tuple(weight.shape)}, got "
                          f"{tuple(grad_weight_sn.shape)}")
     torch._check(sigma.numel() == 1, lambda: f"{op}: sigma must have one element, got shape {tuple(sigma.shape)}")
-    return weight.new_empty(weight.shape)
 
 
-@torch.library.register_fake("cbgan_ext::spectral_norm_weight_multi")
-def _fake_multi(weights, us, vs, dims, n_power_iterations, eps):
+def _check_multi(weights, us, vs, dims):
     same_device(_MULTI, weights=weights, us=us, vs=vs)
     torch._check(len(weights) > 0, lambda: f"{_MULTI}: expected at least one weight")
     for w, u, v, d in zip(weights, us, vs, dims):
         _fake_layer_checks(_MULTI, w, u, v, d)
+
+
+@torch.library.register_fake("cbgan_ext::spectral_norm_weight_multi")
+def _fake_multi(weights, us, vs, dims, n_power_iterations, eps):
+    _check_multi(weights, us, vs, dims)
     return ([w.new_empty(w.shape) for w in weights], [torch.empty_like(u) for u in us],
             [torch.empty_like(v) for v in vs], weights[0].new_empty((len(weights),)))
 
 
 @torch.library.register_fake("cbgan_ext::_spectral_norm_weight_multi_backward")
 def _fake_multi_backward(grads, weights, us, vs, sigmas, dims):
+    _check_multi_backward(grads, weights, us, vs, sigmas, dims)
+    return [w.new_empty(w.shape) for w in weights]
+
+
+def _check_multi_backward(grads, weights, us, vs, sigmas, dims):
     op = "_spectral_norm_weight_multi_backward"
     same_device(op, weights=weights, grads=grads, us=us, vs=vs, sigmas=sigmas)
     torch._check(len(grads) == len(weights) and sigmas.numel() == len(weights),
                  lambda: f"{op}: expected {len(weights)} grads and sigmas [{len(weights)}], got {len(grads)} and "
                          f"{tuple(sigmas.shape)}")
-    return [w.new_empty(w.shape) for w in weights]
+    for g, w, u, v, d in zip(grads, weights, us, vs, dims):
+        _fake_layer_checks(op, w, u, v, d)
+        torch._check(g is None or g.shape == w.shape,
+                     lambda: f"{op}: grad must have the weight's shape {tuple(w.shape)}, got {tuple(g.shape)}")
 
 
 # ---- autograd -----------------------------------------------------------------------------------------------
@@ -313,11 +329,14 @@ def _power_iteration_aten(w_mat, u, v, n, eps):
 
 
 def _pi_cuda(weight_mat, u, v, n_power_iterations, eps):
+    torch._check(weight_mat.dim() == 2, lambda: f"{_PI}: weight_mat must be 2-D [out, in]")
+    _fake_layer_checks(_PI, weight_mat, u, v, 0)
     with torch.no_grad():
         return _power_iteration_aten(weight_mat, u, v, n_power_iterations, eps)
 
 
-def _weight_cuda(weight, u, v, dim, n_power_iterations, eps):
+def _weight_cuda(weight, u, v, dim, n_power_iterations, eps, op=_W):
+    _fake_layer_checks(op, weight, u, v, dim)
     with torch.no_grad():
         dim = dim % weight.dim()
         u, v, sigma = _power_iteration_aten(_sn_mat(weight, dim), u, v, n_power_iterations, eps)
@@ -333,16 +352,19 @@ def _weight_backward_aten(grad, weight, u, v, sigma, dim):
 
 
 def _weight_backward_cuda(grad_weight_sn, weight, u, v, sigma, dim):
+    _check_weight_backward(grad_weight_sn, weight, u, v, sigma, dim)
     with torch.no_grad():
         return _weight_backward_aten(grad_weight_sn, weight, u, v, sigma, dim)
 
 
 def _multi_cuda(weights, us, vs, dims, n_power_iterations, eps):
-    outs = [_weight_cuda(w, u, v, d, n_power_iterations, eps) for w, u, v, d in zip(weights, us, vs, dims)]
+    _check_multi(weights, us, vs, dims)
+    outs = [_weight_cuda(w, u, v, d, n_power_iterations, eps, _MULTI) for w, u, v, d in zip(weights, us, vs, dims)]
     return [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs], torch.stack([o[3] for o in outs])
 
 
 def _multi_backward_cuda(grad_weights_sn, weights, us, vs, sigmas, dims):
+    _check_multi_backward(grad_weights_sn, weights, us, vs, sigmas, dims)
     with torch.no_grad():
         return [torch.zeros_like(w) if g is None else _weight_backward_aten(g, w, u, v, s, d)
                 for g, w, u, v, s, d in zip(grad_weights_sn, weights, us, vs, sigmas.unbind(0), dims)]
