@@ -468,6 +468,9 @@ def _configure_demo(p):
                    help="CB weighting " + default(d["gan"]["weighting"]))
     p.add_argument("--lam", type=float, default=None, help="CB λ " + default(d["gan"]["lam"]))
     p.add_argument("--methods", default=None, help="comma-separated methods (default: those of the main job)")
+    p.add_argument("--sections", default="cbgan,bagan",
+                   help="comma-separated parts: cbgan (the main-job methods on the long-tailed data) and bagan (BAGAN "
+                        "vs ACGAN vs the minority-only GAN with one class dropped, and the augmented-classifier test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
                    "and write OUT/summary.md (mean and spread)")
@@ -496,8 +499,11 @@ def _run_demo(args):
             seeds = None
         if not seeds or min(seeds) < 0:
             raise UsageError(f"--seeds: expected comma-separated integers >= 0, got {args.seeds!r}")
-    from .pipeline import run, run_seeds
-    kw = dict(preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
+    from .pipeline import SECTIONS, run, run_seeds
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    if not sections or any(x not in SECTIONS for x in sections):
+        raise UsageError(f"--sections: expected names among {', '.join(SECTIONS)}, got {args.sections!r}")
+    kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)
     if seeds:

@@ -43,6 +43,12 @@ _GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eva
             ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0, cb_start=500)
 
 _CB_SETTINGS = ("lam", "weighting", "cycle", "cb_start")  # only for methods with the CB regularizer
+# BAGAN section: Fashion-MNIST with T-shirt/top (class 0) kept at 150 of 6000 images, BAGAN's networks at
+# width 0.25 (the released widths take ~18 s a step here), the same steps for the three methods.
+_BAGAN = dict(minority_class=0, drop_fraction=0.975, ae_steps=200, eval_samples=2000,
+              gan=dict(width=0.25, batch_size=64, steps=400, ckpt_every=100, log_every=50, sample_every=400),
+              augment=dict(epochs=3, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
+BAGAN_METHODS = ("bagan", "acgan", "minority-gan")
 
 PRESETS = {
     "default": dict(about="the recorded main job (docs/main-job), about 40 minutes on 2 CPU cores", dataset="fashion-mnist", imbalance=100.0,
@@ -57,8 +63,13 @@ PRESETS = {
                  annotator=dict(_ANNOTATOR, epochs=2, depth=8, amp="none"),
                  gan=dict(_GAN, width=0.125, steps=12, eval_every=6, ema_start=6, eval_samples=100, cycle=4,
                           cb_start=4),
-                 final_samples=200),
+                 final_samples=200,
+                 bagan=dict(_BAGAN, ae_steps=3, eval_samples=60,
+                            gan=dict(width=0.0625, batch_size=16, steps=3, ckpt_every=2, log_every=1,
+                                     sample_every=0),
+                            augment=dict(epochs=0.5, width=0.25, depth=8, batch_size=64, lr_schedule="cosine"))),
 }
+SECTIONS = ("cbgan", "bagan")
 BALANCED_ACCURACY_NEEDED = 0.75  # below this the classifier in the loop cannot balance CBGAN (measured)
 
 
@@ -79,7 +90,7 @@ def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads
 
 
 def resolve_config(preset="default", *, steps=None, classifier_epochs=None, annotator_epochs=None, gan_width=None,
-                   final_samples=None, weighting=None, lam=None, methods=None):
+                   final_samples=None, weighting=None, lam=None, methods=None, sections=None):
     if preset not in PRESETS:
         raise ValueError(f"demo: preset must be one of {tuple(PRESETS)}, got {preset!r}")
     cfg = json.loads(json.dumps(PRESETS[preset]))
@@ -103,6 +114,11 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
     if lam is not None:
         g["lam"] = float(lam)
     cfg["methods"] = list(methods or main_job_methods())
+    cfg["sections"] = list(sections or SECTIONS)
+    bad = [x for x in cfg["sections"] if x not in SECTIONS]
+    if bad:
+        raise ValueError(f"demo: sections must be of {SECTIONS}, got {bad}")
+    cfg.setdefault("bagan", json.loads(json.dumps(_BAGAN)))
     return cfg
 
 
@@ -135,7 +151,7 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
     g = cfg["gan"]
     evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
     results = {}
-    for i, method in enumerate(cfg["methods"]):
+    for i, method in enumerate(cfg["methods"] if "cbgan" in cfg["sections"] else ()):
         _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
         needs_clf = get_method(method).cb_regularizer
         trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
@@ -156,10 +172,79 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
                                      value_range=(-1, 1))
         _log(f"    {method}: KL {res['kl']:.4f}, FD-annotator {res['fd']:.2f}, histogram {res['histogram']}")
 
+    bagan = None
+    if "bagan" in cfg["sections"]:
+        bagan = bagan_section(out, cfg, seed, progress)
     _log("5/5 report")
-    report = write_report(out, cfg, train, results, acc, time.time() - t0, seed)
+    report = write_report(out, cfg, train, results, acc, time.time() - t0, seed, bagan)
     _log(f"wrote {report}")
     return results
+
+
+def bagan_section(out, cfg, seed, progress=True):
+    """BAGAN vs ACGAN vs the minority-only GAN on the data with the minority class dropped (same seed, networks
+    and steps; final EMA generators): the generated images' per-class accuracy (the annotator of stage 3),
+    SSIM variability, and the augmented-classifier test (``augment_eval``), in ``out/bagan``."""
+    from .train.augment_eval import augment_eval
+    from .train.gan import evaluate_run
+    b = cfg["bagan"]
+    ann_path = os.path.join(out, "annotator.pt")
+    data = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], profile="bagan", seed=seed,
+                       minority_class=b["minority_class"], drop_fraction=b["drop_fraction"])
+    _log(f"4b/5 BAGAN section: minority class {b['minority_class']} kept at {data.class_counts[b['minority_class']]} "
+         f"of {max(data.class_counts)} images")
+    evals, dirs = {}, []
+    for method in BAGAN_METHODS:
+        d = os.path.join(out, "bagan", method)
+        dirs.append(d)
+        trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, ae_steps=b["ae_steps"], **b["gan"])
+        trainer.config.update(annotator=ann_path)
+        trainer.run()
+        path = os.path.join(d, "eval.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                evals[method] = json.load(f)
+        else:
+            evals[method] = evaluate_run(d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator")
+            with open(path + ".tmp", "w") as f:
+                json.dump(evals[method], f)
+            os.replace(path + ".tmp", path)
+        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
+        torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
+                                     normalize=True, value_range=(-1, 1))
+        _log(f"    {method}: minority accuracy {evals[method].get('minority_accuracy')}")
+    aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", progress=progress,
+                       **b["augment"])
+    return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
+
+
+def _bagan_lines(bagan):
+    m = bagan["augment"]["minority_classes"]
+    lines = ["", f"## BAGAN section (minority class {', '.join(map(str, m))}; training counts {bagan['class_counts']})",
+             "", "Generated images (final EMA generators): how often the annotator names the class asked for, and "
+             "SSIM of random pairs within a class (lower is more varied; real pairs are the paper's reference).", "",
+             "| method | minority accuracy | mean class accuracy | SSIM fake pairs (minority) | SSIM real pairs "
+             "(minority) | SSIM fake to nearest real (minority) | SSIM real to nearest real (minority) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    k = m[0]
+    for method, r in bagan["eval"].items():
+        acc = r.get("class_accuracy") or []
+        known = [a for a in acc if a is not None]
+        ss = r.get("ssim", {})
+
+        def at(key):
+            v = (ss.get(key) or [None] * (k + 1))[k]
+            return "n/a" if v is None else f"{v:.3f}"
+        lines.append(f"| {method} | {acc[k]:.3f} | {sum(known) / max(len(known), 1):.3f} | {at('fake_pairs')} | "
+                     f"{at('real_pairs')} | {at('fake_to_nearest_real')} | {at('real_to_nearest_real')} |")
+    lines += ["", "Classifier trained on the training set rebalanced with each source of minority images "
+              "(random crops, no flips):", "", "| rows | added images | minority-class test accuracy | "
+              "balanced test accuracy |", "| --- | --- | --- | --- |"]
+    for name, row in bagan["augment"]["rows"].items():
+        acc = row["minority_accuracy"] or [math.nan]
+        lines.append(f"| {name} | {row['added']} | {acc[0]:.3f} | {(row['balanced_accuracy'] or math.nan):.3f} |")
+    lines += ["", "Samples: " + ", ".join(f"[{x}](bagan/samples_{x}.png)" for x in bagan["eval"])]
+    return lines
 
 
 def _ratios(results):
@@ -172,13 +257,14 @@ def _ratios(results):
             for m, r in results.items() if m != "gan"}
 
 
-def write_report(out, cfg, train, results, accuracies, seconds, seed):
+def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes = list(getattr(train, "classes", range(train.num_classes)))
-    fig, axes = plt.subplots(1, len(results) + 1, figsize=(4 * (len(results) + 1), 3.2), sharey=False)
+    fig, axes = plt.subplots(1, len(results) + 1, figsize=(4 * (len(results) + 1), 3.2), sharey=False, squeeze=False)
+    axes = axes[0]
     counts = torch.tensor(list(train.class_counts), dtype=torch.float64)
     axes[0].bar(range(len(classes)), (counts / counts.sum()).tolist(), color="gray")
     axes[0].set_title(f"training data (ρ={cfg['imbalance']:g})")
@@ -214,7 +300,7 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed):
         fd_ratio = "" if r is None else "%.2f" % r["fd_ratio"]
         lines.append(f"| {method} | {res['kl']:.4f} | {res['fd']:.2f} | {kl_ratio} | {fd_ratio} | "
                      f"{res['confidence']:.3f} |")
-    real_conf = next(iter(results.values()))["real_confidence"]
+    real_conf = next(iter(results.values()))["real_confidence"] if results else math.nan
     lines += ["", f"Annotator confidence: its mean top-class probability on the samples ({real_conf:.3f} on the test "
               "split). Samples made to satisfy the classifier in the loop rather than to look real can balance and "
               "reach a good FD-annotator while being unrecognisable; look at the grids below."]
@@ -229,9 +315,11 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed):
     for k, c in enumerate(classes):
         lines.append(f"| {c} | " + " | ".join(str(res["histogram"][k]) for res in results.values()) + " |")
     lines += ["", "## Samples", ""] + [f"**{m}**\n\n![{m}](samples_{m}.png)\n" for m in results]
+    if bagan is not None:
+        lines += _bagan_lines(bagan)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"config": cfg, "seed": seed, "results": results, "ratios": ratios, "classifiers": accuracies,
-                   "minutes": seconds / 60}, f, indent=1, default=str)
+                   "bagan": bagan, "minutes": seconds / 60}, f, indent=1, default=str)
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -266,6 +354,13 @@ def write_summary(out, per_seed):
         if m in first["ratios"]:
             rows.append((f"{m} KL ratio (gan / {m})", [per_seed[s]["ratios"][m]["kl_ratio"] for s in seeds]))
             rows.append((f"{m} FD ratio ({m} / gan)", [per_seed[s]["ratios"][m]["fd_ratio"] for s in seeds]))
+    if all(per_seed[s].get("bagan") for s in seeds):
+        for m in first["bagan"]["eval"]:
+            rows.append((f"BAGAN section: {m} generated minority accuracy",
+                         [per_seed[s]["bagan"]["eval"][m]["minority_accuracy"][0] for s in seeds]))
+        for row in first["bagan"]["augment"]["rows"]:
+            rows.append((f"BAGAN section: classifier minority accuracy, {row}",
+                         [per_seed[s]["bagan"]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]))
     for name in ("classifier", "annotator"):
         rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
                                                    for s in seeds]))

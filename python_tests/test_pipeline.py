@@ -33,15 +33,26 @@ def test_main_job_tiny_preset_end_to_end(tmp_path, capsys):
                                                                    res["results"]["cbgan"]["kl"])
         report = open(d / "report.md").read()
         assert "cbgan" in report and "final EMA generator" in report
+        b = res["bagan"]  # the BAGAN section: three methods on the data with class 0 dropped, then augment-eval
+        assert list(b["eval"]) == list(pipeline.BAGAN_METHODS) and b["class_counts"][0] < b["class_counts"][1]
+        for m in pipeline.BAGAN_METHODS:
+            assert 0 <= b["eval"][m]["minority_accuracy"][0] <= 1 and (d / "bagan" / m / "checkpoint.pt").exists()
+        rows = b["augment"]["rows"]
+        assert list(rows) == ["plain", "oversample", "mirror", *pipeline.BAGAN_METHODS]
+        assert rows["plain"]["added"] == 0 and rows["bagan"]["added"] == b["class_counts"][1] - b["class_counts"][0]
+        assert "## BAGAN section" in report and "| oversample |" in report
     summary = open(out / "summary.md").read()
     assert "| cbgan KL ratio (gan / cbgan) |" in summary and "mean" in summary
+    assert "| BAGAN section: classifier minority accuracy, oversample |" in summary
     # seeds differ: the job is not the same run twice
     r0, r1 = (json.load(open(out / f"seed{s}" / "results.json"))["results"]["gan"]["histogram"] for s in (0, 1))
     assert r0 != r1
     # a second invocation finds every stage done
-    before = os.path.getmtime(out / "seed0" / "gan" / "checkpoint.pt")
+    before = [os.path.getmtime(out / "seed0" / p) for p in ("gan/checkpoint.pt", "bagan/bagan/checkpoint.pt",
+                                                             "bagan/augment/bagan/classifier.pt")]
     assert cli.main(["demo", "--preset", "tiny", "--out", str(out / "seed0"), "--seed", "0"]) == 0
-    assert os.path.getmtime(out / "seed0" / "gan" / "checkpoint.pt") == before
+    assert [os.path.getmtime(out / "seed0" / p) for p in ("gan/checkpoint.pt", "bagan/bagan/checkpoint.pt",
+                                                          "bagan/augment/bagan/classifier.pt")] == before
 
 
 def _third_party_imports():
@@ -64,7 +75,7 @@ def test_setup_declares_every_third_party_import():
     declared = {x.strip().strip('"').strip("'").lower() for x in required.split(",") if x.strip()}
     extras = re.search(r"extras_require=\{(.*?)\}\s*,\n", src, re.S).group(1).lower()
     dist = {"cleanfid": "clean-fid", "PIL": "pillow", "sklearn": "scikit-learn", "numpy": "numpy", "scipy": "scipy",
-            "tqdm": "tqdm", "matplotlib": "matplotlib", "prdc": "prdc"}
+            "tqdm": "tqdm", "matplotlib": "matplotlib", "prdc": "prdc", "torchmetrics": "torchmetrics"}
     provided = {"torch", "torchvision"}  # the user's own build (torchvision also comes with clean-fid)
     stdlib = set(__import__("sys").stdlib_module_names) | {"cbgan_ext"}
     for mod in sorted(_third_party_imports() - stdlib - provided):

@@ -42,7 +42,7 @@ def prdc(real_feats, fake_feats, k=PRDC_K):
         from prdc import compute_prdc
     except ImportError:
         return None
-    if min(len(real_feats), len(fake_feats)) <= k:
+    if min(len(real_feats), len(fake_feats)) <= k + 1:  # its k-th neighbour excludes the point itself
         return None
     with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes; `eval` prints JSON
         out = compute_prdc(real_feats, fake_feats, nearest_k=k)
