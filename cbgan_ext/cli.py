@@ -157,6 +157,9 @@ def _configure_train_classifier(p):
     p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
                    help="also checkpoint within an epoch this often")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--extra", default=None, metavar="FILE",
+                   help="add these images to the training set: a torch file of uint8 images [M, C, H, W] and labels "
+                        "[M] (what augment-eval writes; its digest is recorded)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -174,6 +177,8 @@ def _run_train_classifier(args):
                warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1),
                drop_fraction=float_check(0, 1, hi_open=True))
     _check_minority(args)
+    if args.extra and not os.path.isfile(args.extra):
+        raise UsageError(f"--extra: {args.extra} is not a file")
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
@@ -210,7 +215,7 @@ def _train_classifier_with(args, device):
         progress=not args.no_progress, threads=args.threads,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
         selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed,
-        minority_class=args.minority_class, drop_fraction=args.drop_fraction,
+        minority_class=args.minority_class, drop_fraction=args.drop_fraction, extra=args.extra,
         download=args.download, device=str(device), loss=args.loss, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, width=args.width, depth=args.depth, lr_schedule=args.lr_schedule,

@@ -56,7 +56,9 @@ PRESETS = {
     "quick": dict(about="a first look, about 12 minutes on 2 CPU cores", dataset="fashion-mnist",
                   imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
                   annotator=dict(_ANNOTATOR, epochs=1),
-                  gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000),
+                  gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
+                  bagan=dict(_BAGAN, ae_steps=100, eval_samples=1000, gan=dict(_BAGAN["gan"], steps=200),
+                             augment=dict(_BAGAN["augment"], epochs=1))),
     "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
@@ -213,7 +215,7 @@ def bagan_section(out, cfg, seed, progress=True):
         torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
                                      normalize=True, value_range=(-1, 1))
         _log(f"    {method}: minority accuracy {evals[method].get('minority_accuracy')}")
-    aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", progress=progress,
+    aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
                        **b["augment"])
     return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
 

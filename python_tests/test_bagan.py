@@ -150,11 +150,16 @@ def test_bagan_batch_composition_and_losses(tmp_path):
     data = tiny_data()
     t = GANTrainer(data, str(tmp_path / "b"), method="bagan", steps=1, ae_steps=1, progress=False, **SMALL)
     assert (t.n_fake_d, t.n_fake_g) == (math.ceil(8 / K), 8 + math.ceil(8 / K))
-    seen = []
+    seen, calls = [], []
     orig = t.D.forward
-    t.D.forward = lambda x, y=None: seen.append(x.shape[0]) or orig(x)
+    t.D.forward = lambda x, y=None: seen.append(x) or orig(x)
+    d_loss = t.method.d_loss
+    t.method.d_loss = lambda *a: calls.append(a) or d_loss(*a)
     t.run()
-    assert seen[:2] == [8 + 2, 10]  # D step: 8 reals + 2 fakes in one batch; G step: 8 + 2 fakes
+    D_, real, real_y, fake, fake_y = calls[0]
+    assert real.shape[0] == 8 and fake.shape[0] == 2 and (real_y < K).all()
+    assert torch.equal(seen[0], torch.cat([real, fake]))  # D step: the 8 reals, then the 2 fakes, in one batch
+    assert seen[1].shape[0] == 10  # G step: 8 + 2 fakes
     M = t.method
     logits_r, logits_f = torch.randn(8, K + 1), torch.randn(2, K + 1)
     yr = torch.randint(0, K, (8,))
@@ -296,6 +301,29 @@ def test_a_run_directory_of_another_method_is_refused(tmp_path):
     GANTrainer(data, str(tmp_path / "r"), method="acgan", steps=1, progress=False, **SMALL).run()
     with pytest.raises(ConfigMismatchError, match="method"):
         GANTrainer(data, str(tmp_path / "r"), method="bagan", steps=1, ae_steps=1, progress=False, **SMALL).run()
+    assert not (tmp_path / "r" / "autoencoder.pt").exists()  # refused before any stage ran
+
+
+def test_a_resume_with_other_stage_settings_is_refused_before_touching_the_stages(tmp_path):
+    data = tiny_data()
+    out = str(tmp_path / "b")
+    GANTrainer(data, out, method="bagan", steps=1, ae_steps=2, progress=False, **SMALL).run()
+    before = [os.path.getmtime(os.path.join(out, f)) for f in ("autoencoder.pt", "gaussians.pt")]
+    for change in (dict(ae_steps=3), dict(latent_shrinkage=0.5)):
+        with pytest.raises(ConfigMismatchError):
+            GANTrainer(data, out, method="bagan", steps=2, progress=False, **{"ae_steps": 2, **SMALL, **change}).run()
+    assert [os.path.getmtime(os.path.join(out, f)) for f in ("autoencoder.pt", "gaussians.pt")] == before
+    os.unlink(os.path.join(out, "checkpoint.pt"))  # before the adversarial stage: fewer AE steps than done
+    with pytest.raises(ConfigMismatchError, match="ae_steps"):
+        GANTrainer(data, out, method="bagan", steps=1, ae_steps=1, progress=False, **SMALL).run()
+
+
+def test_non_finite_codes_are_refused():
+    enc = CodeEncoder(2)
+    images = torch.randn(10, 1, 2, 2)
+    images[3, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite codes for 1 images"):
+        fit_class_gaussians(enc, images, torch.arange(10) % 2, 2)
 
 
 def test_cli_refuses_a_bad_minority_class(capsys):
@@ -350,3 +378,44 @@ def test_ssim_summaries():
     assert mean_nearest_ssim(a[:0], pool) is None
     with pytest.raises(ValueError, match="ssim"):
         ssim(a, a[:3])
+
+
+def test_class_accuracy_is_per_class_agreement_with_the_class_asked_for():
+    from cbgan_ext.train.evaluate import Evaluator
+
+    class Always2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def features(self, x):
+            return x.flatten(1)[:, :4] + self.w
+
+        def forward(self, x):
+            return F.one_hot(torch.full((x.shape[0],), 2), K).float() * 5 + self.w
+    real = torch.rand(40, 1, 8, 8) * 2 - 1
+    ev = Evaluator(Always2(), real, K, n=16, real_labels=torch.arange(40) % K)
+    res = ev.metrics(real[:16], torch.arange(16) % K)
+    assert res["class_accuracy"] == [0.0, 0.0, 1.0, 0.0] and res["label_accuracy"] == 0.25
+
+
+def test_generated_extra_images_are_the_runs_class_asked_for(tmp_path):
+    from cbgan_ext.train.augment_eval import augment_eval, extra_images
+    from cbgan_ext.train.gan import load_run
+    data = tiny_data()
+    out = str(tmp_path / "b")
+    GANTrainer(data, out, method="bagan", steps=1, ae_steps=1, progress=False, **SMALL).run()
+    x, y = extra_images("generated", data, (3,), run_dir=out, checkpoint="last", seed=5)
+    assert x.dtype == torch.uint8 and x.shape == (34, 1, 16, 16) and (y == 3).all()
+    run = load_run(out, "last")
+    g = torch.Generator().manual_seed(5 + 777)
+    with torch.no_grad():
+        expect = run.G(torch.randn(34, run.z_dim, generator=g), torch.full((34,), 3))
+    assert torch.equal(x, ((expect.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    # a cached draw of other settings is refused, not reused
+    folder = tmp_path / "aug" / "bagan"
+    folder.mkdir(parents=True)
+    torch.save({"images": x, "labels": y, "kind": "generated", "run": os.path.abspath(out), "checkpoint": "last",
+                "seed": 4, "run_step": 1}, folder / "extra.pt")
+    with pytest.raises(ValueError, match="other settings"):
+        augment_eval(str(tmp_path / "aug"), [out], dataset_config=None, rows=(), checkpoint="last", seed=5)

@@ -84,7 +84,6 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
     if not minority:
         raise ValueError("augment-eval: the dataset has no minority class: it needs the bagan profile "
                          "(--profile bagan --minority-class K --drop-fraction F)")
-    train_set = dataset_from_config(dataset_config)
     os.makedirs(out, exist_ok=True)
     kw = dict(dataset=dataset_config["name"], root=dataset_config.get("root"), image_size=dataset_config.get("image_size"),
               imbalance_ratio=dataset_config.get("imbalance_ratio", 1.0), profile="bagan",
@@ -92,11 +91,28 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
               selection=dataset_config.get("selection", "shuffle"), minority_class=dataset_config.get("minority_class"),
               drop_fraction=dataset_config.get("drop_fraction"), device=str(device), augment="crop")
     kw.update(classifier_kw)
-    plan = [(r, r, None) for r in rows] + [(load_run(d, checkpoint).method, "generated", d) for d in runs]
+    loaded = {d: load_run(d, checkpoint) for d in runs}
+    for d, run in loaded.items():  # every run must generate every minority class: checked before any training
+        if not run.conditional and any(run.label != k for k in minority):
+            raise ValueError(f"augment-eval: {d} ({run.method}) generates only class {run.label}; the minority "
+                             f"classes are {list(minority)}")
+    plan = [(r, r, None) for r in rows] + [(loaded[d].method, "generated", d) for d in runs]
     names = [p[0] for p in plan]
     if len(set(names)) != len(names):
         raise ValueError(f"augment-eval: two rows share a name {names}: give runs of different methods")
     results = {"minority_classes": list(minority), "classifier": {k: v for k, v in kw.items()}, "rows": {}}
+    def drawn(kind, run_dir):
+        return {"kind": kind, "run": None if run_dir is None else os.path.abspath(run_dir),
+                "checkpoint": checkpoint if run_dir else None, "seed": seed if run_dir else None,
+                "run_step": loaded[run_dir].step if run_dir else None}
+    for name, kind, run_dir in plan:  # cached draws of other settings are refused before any work
+        extra = os.path.join(out, name, "extra.pt")
+        if kind != "plain" and os.path.exists(extra):
+            old = {k: ckpt.load(extra).get(k) for k in drawn(kind, run_dir)}
+            if old != drawn(kind, run_dir):
+                raise ValueError(f"augment-eval: {extra} was drawn with other settings ({old}, now "
+                                 f"{drawn(kind, run_dir)}): use another --out")
+    train_set = dataset_from_config(dataset_config)
     for name, kind, run_dir in plan:
         folder = os.path.join(out, name)
         os.makedirs(folder, exist_ok=True)
@@ -106,12 +122,13 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
             if not os.path.exists(extra):
                 x, y = extra_images(kind, train_set, minority, run_dir=run_dir, checkpoint=checkpoint, seed=seed,
                                     device=device)
-                ckpt.save_atomic({"images": x, "labels": y, "kind": kind, "run": run_dir}, extra)
+                ckpt.save_atomic({"images": x, "labels": y, **drawn(kind, run_dir)}, extra)
         path = os.path.join(folder, "classifier.pt")
         rec = train_classifier(path, resume=os.path.exists(path), progress=progress, log=log, extra=extra, **kw)
         per = rec.get("per_class_accuracy") or []
         results["rows"][name] = {
-            "kind": kind, "run": run_dir, "added": 0 if extra is None else int(ckpt.load(extra)["labels"].numel()),
+            "kind": kind, "run": run_dir, "checkpoint": checkpoint if run_dir else None,
+            "run_step": loaded[run_dir].step if run_dir else None, "seed": seed if run_dir else None, "added": 0 if extra is None else int(ckpt.load(extra)["labels"].numel()),
             "minority_accuracy": [per[k] for k in minority] if per else None,
             "accuracy": rec.get("accuracy"), "balanced_accuracy": rec.get("balanced_accuracy"),
             "per_class_accuracy": per, "finished": rec.get("finished")}

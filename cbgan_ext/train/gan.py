@@ -162,7 +162,10 @@ class GANTrainer(TrainLoop):
         self._eval_images = eval_images
         self._evaluator = None
         self.images, self.labels = self.method.training_set(*self._stack_dataset(dataset))
-        self.n_fake_d, self.n_fake_g = self.method.fake_batch_sizes(self.local_batch)
+        # from the global batch, then split: the released composition whatever the number of ranks
+        n_d, n_g = self.method.fake_batch_sizes(self.batch_size)
+        self.n_fake_d = dist.local_share(n_d, "fakes per D step")
+        self.n_fake_g = dist.local_share(n_g, "fakes per G step")
         self.config = dict(method=method, **{k: v for k, v in s.items() if k not in ("lam", "beta", "cb_reg")},
                            cb_reg=cb_reg, lam=None if self.reg is None else self.reg.lam,
                            beta=None if self.reg is None else self.reg.beta,
@@ -231,7 +234,24 @@ class GANTrainer(TrainLoop):
         return metrics
 
     def run(self):
-        self.method.prepare(self)  # pre-stages (resumable; a no-op once done); the GAN checkpoint wins after
+        # Pre-stages (resumable) run only before the adversarial stage has a checkpoint, and a checkpoint of
+        # other settings is refused before they could touch the directory.
+        exists = os.path.exists(self.ckpt_path) if self.is_main else None
+        if self.world_size > 1:
+            exists = dist.broadcast_object(exists)
+        if exists:
+            error = None
+            if self.is_main:
+                try:
+                    self.check_config(self.saved_config(ckpt.load(self.ckpt_path, map_location="cpu")), self.ckpt_path)
+                except Exception as e:  # noqa: BLE001  (raised on every rank below)
+                    error = e
+            if self.world_size > 1:
+                error = dist.broadcast_object(error)
+            if error is not None:
+                raise error
+        else:
+            self.method.prepare(self)
         return super().run()
 
     # ---- sampling and evaluation ---------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ...models.bagan import BAGANEncoder
 from .. import checkpoint as ckpt
 from .. import distributed as dist
-from ..loop import TrainLoop
+from ..loop import ConfigMismatchError, TrainLoop
 from .base import Method, register
 
 _DEFAULTS = dict(arch="bagan", z_dim=100, lr=5e-5, beta1=0.5, beta2=0.999, batch_size=128, ema_start=10 ** 9,
@@ -227,6 +227,14 @@ class AutoencoderStage(TrainLoop):
         self.config["ae_steps"] = s["ae_steps"]
         self.resume_may_change = ("ae_steps",)
 
+    def try_resume(self):
+        resumed = super().try_resume()
+        if self.step > self.steps:
+            raise ConfigMismatchError(f"{self.ckpt_path} holds {self.step} autoencoder steps, more than ae_steps="
+                                      f"{self.steps}: the Gaussians were fitted on that encoder; use --ae-steps "
+                                      f"{self.step} or more, or another --out")
+        return resumed
+
     def train_step(self, step):
         t = self.trainer
         idx = torch.randint(0, t.images.shape[0], (t.local_batch,), generator=self.data_rng.gen)
@@ -250,6 +258,10 @@ def fit_class_gaussians(encoder, images, labels, num_classes, *, shrinkage=0.1, 
     encoder.eval()
     codes = torch.cat([encoder(images[i:i + batch].to(device)).double().cpu() for i in range(0, len(images), batch)])
     encoder.train(was)
+    if not torch.isfinite(codes).all():
+        bad = int((~torch.isfinite(codes).all(1)).sum())
+        raise ValueError(f"fit_class_gaussians: the encoder gives non-finite codes for {bad} images (a diverged "
+                         "autoencoder?): no Gaussian can be fitted; train it again with a lower lr")
     d = codes.shape[1]
     means = torch.zeros(num_classes, d, dtype=torch.float64)
     covs = torch.zeros(num_classes, d, d, dtype=torch.float64)
@@ -272,9 +284,14 @@ def fit_class_gaussians(encoder, images, labels, num_classes, *, shrinkage=0.1, 
         cov = (1 - s) * covs[k] + s * target
         L, info = torch.linalg.cholesky_ex(cov)
         jitter = 0.0
-        while int(info) != 0:  # rounding can leave a full-rank estimate semi-definite: the smallest nudge that works
+        for _ in range(12):  # rounding can leave a full-rank estimate semi-definite: the smallest nudge that works
+            if int(info) == 0:
+                break
             jitter = max(jitter * 10, 1e-10 * float(pooled_var.mean()))
             L, info = torch.linalg.cholesky_ex(cov + jitter * torch.eye(d, dtype=cov.dtype))
+        if int(info) != 0:
+            raise ValueError(f"fit_class_gaussians: the covariance of class {k} is not positive definite even with "
+                             f"a jitter of {jitter:.3g}")
         covs[k], chols[k] = cov, L
         record.append({"class": k, "images": n, "shrinkage": s, "jitter": jitter,
                        "min_eigenvalue": float(torch.linalg.eigvalsh(cov)[0])})
