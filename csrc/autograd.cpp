@@ -1,7 +1,8 @@
 // Autograd kernels of the fused ops, in C++ (as torchvision does): a Python autograd.Function costs tens
 // of microseconds per call plus garbage-collector work, more than the whole fused op at the papers'
-// small shapes. Fake (meta) kernels stay in Python (cbgan_ext/ops/). Backward kernels are ops of their
-// own, so the backward is one dispatcher call to CPU or CUDA.
+// small shapes, and C++ (libtorch) users get gradients only from kernels registered here. Fake (meta)
+// kernels stay in Python (cbgan_ext/ops/). Backward kernels are ops of their own, so the backward is one
+// dispatcher call to CPU or CUDA.
 //
 // Differentiating a gradient (a gradient penalty, R1: autograd.grad(..., create_graph=True)) is never silently
 // zero. _soft_label_projection_backward has a real double backward (ATen ops, so every higher order works
@@ -232,6 +233,153 @@ at::Tensor diff_augment_autograd(const at::Tensor& x, c10::IntArrayRef program, 
   return DiffAugmentFunction::apply(x, program, color, translation, cutout, cutout_size);
 }
 
+// ---- spectral norm ---------------------------------------------------------------------------------------
+// torch.nn.utils.spectral_norm's gradient: u and v are constants (outputs of the power iteration, not
+// differentiable), so dσ/dW = u vᵀ and dL/dW = G / σ − (⟨G, W⟩ / σ²) u vᵀ, computed by the backward ops.
+// The backward ops are called through the dispatcher, so under create_graph their own autograd kernels
+// (below) attach the error node that names them. One path for Python (eager and torch.compile), the modules
+// and C++ users; a CUDA build without CUDA kernels reaches the ATen kernels registered in Python the same way.
+
+// (u, v, σ) of n power iterations; only σ is differentiable, with dσ/dW = u vᵀ (ATen ops: any order).
+class SNPowerIterationFunction : public torch::autograd::Function<SNPowerIterationFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight_mat, const at::Tensor& u,
+                               const at::Tensor& v, int64_t n_power_iterations, double eps) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::spectral_norm_power_iteration", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                               const at::Tensor&, int64_t, double)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [u2, v2, sigma] = op.call(weight_mat, u, v, n_power_iterations, eps);
+    ctx->mark_non_differentiable({u2, v2});
+    ctx->save_for_backward({u2, v2});
+    ctx->set_materialize_grads(false);
+    return {u2, v2, sigma};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(5);  // one per forward argument; only weight_mat is differentiable
+    if (!grads[2].defined() || !ctx->needs_input_grad(0)) return out;
+    const auto saved = ctx->get_saved_variables();
+    out[0] = grads[2] * at::outer(saved[0], saved[1]);
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spectral_norm_power_iteration_autograd(const at::Tensor& weight_mat,
+                                                                                      const at::Tensor& u,
+                                                                                      const at::Tensor& v,
+                                                                                      int64_t n_power_iterations,
+                                                                                      double eps) {
+  auto out = SNPowerIterationFunction::apply(weight_mat, u, v, n_power_iterations, eps);
+  return {out[0], out[1], out[2]};
+}
+
+// A sparse gradient (SNEmbedding(sparse=True)) is made dense: the σ term touches every row anyway.
+at::Tensor sn_dense(const at::Tensor& g) { return g.layout() == at::kStrided ? g : g.to_dense(); }
+
+// W / σ: saves W and the new u, v, σ (the backward op's inputs); the u, v, σ outputs are not differentiable.
+class SNWeightFunction : public torch::autograd::Function<SNWeightFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& u,
+                               const at::Tensor& v, int64_t dim, int64_t n_power_iterations, double eps) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::spectral_norm_weight", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
+                             const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, int64_t, double)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [w_sn, u2, v2, sigma] = op.call(weight, u, v, dim, n_power_iterations, eps);
+    ctx->mark_non_differentiable({u2, v2, sigma});
+    ctx->save_for_backward({weight, u2, v2, sigma});
+    ctx->saved_data["dim"] = dim;
+    ctx->set_materialize_grads(false);  // else zero gradients for u, v, σ every step
+    return {w_sn, u2, v2, sigma};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                           const at::Tensor&, int64_t)>();
+    variable_list out(6);
+    if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
+    const auto saved = ctx->get_saved_variables();
+    out[0] = op.call(sn_dense(grads[0]), saved[0], saved[1], saved[2], saved[3], ctx->saved_data["dim"].toInt());
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> spectral_norm_weight_autograd(
+    const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v, int64_t dim, int64_t n_power_iterations,
+    double eps) {
+  auto out = SNWeightFunction::apply(weight, u, v, dim, n_power_iterations, eps);
+  return {out[0], out[1], out[2], out[3]};
+}
+
+// All layers at once. Function::apply takes the lists as TensorList arguments, one autograd input per tensor:
+// the backward returns a flat list, L weight gradients, then 2L for us and vs, then dims, n, eps.
+class SNWeightMultiFunction : public torch::autograd::Function<SNWeightMultiFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, at::TensorList weights, at::TensorList us, at::TensorList vs,
+                               at::IntArrayRef dims, int64_t n_power_iterations, double eps) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::spectral_norm_weight_multi", "")
+                         .typed<std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                                           at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                       at::IntArrayRef, int64_t, double)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [w_sn, u2, v2, sigmas] = op.call(weights, us, vs, dims, n_power_iterations, eps);
+    variable_list out(w_sn.begin(), w_sn.end());
+    out.insert(out.end(), u2.begin(), u2.end());
+    out.insert(out.end(), v2.begin(), v2.end());
+    out.push_back(sigmas);
+    variable_list constants(u2.begin(), u2.end());
+    constants.insert(constants.end(), v2.begin(), v2.end());
+    constants.push_back(sigmas);
+    ctx->mark_non_differentiable(constants);
+    variable_list to_save(weights.begin(), weights.end());
+    to_save.insert(to_save.end(), constants.begin(), constants.end());
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["dims"] = dims.vec();
+    ctx->set_materialize_grads(false);  // the gradient of an unused layer's W_sn stays undefined, not zeros
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_multi_backward", "")
+                         .typed<std::vector<at::Tensor>(const c10::List<std::optional<at::Tensor>>&, at::TensorList,
+                                                        at::TensorList, at::TensorList, const at::Tensor&,
+                                                        at::IntArrayRef)>();
+    const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
+    const size_t L = dims.size();
+    variable_list out(3 * L + 3);
+    bool any = false;
+    for (size_t l = 0; l < L; ++l) any = any || ctx->needs_input_grad(l);
+    if (!any) return out;
+    const auto saved = ctx->get_saved_variables();
+    c10::List<std::optional<at::Tensor>> g;
+    g.reserve(L);
+    for (size_t l = 0; l < L; ++l)
+      g.push_back(grads[l].defined() ? std::optional<at::Tensor>(sn_dense(grads[l])) : std::nullopt);
+    const at::TensorList s(saved);
+    // A layer without a gradient gets the op's zeros, as the Python path before it did.
+    std::vector<at::Tensor> dw = op.call(g, s.slice(0, L), s.slice(L, L), s.slice(2 * L, L), saved[3 * L], dims);
+    for (size_t l = 0; l < L; ++l)
+      if (ctx->needs_input_grad(l)) out[l] = std::move(dw[l]);
+    return out;
+  }
+};
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>
+spectral_norm_weight_multi_autograd(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                                    int64_t n_power_iterations, double eps) {
+  const variable_list out = SNWeightMultiFunction::apply(weights, us, vs, dims, n_power_iterations, eps);
+  const size_t L = weights.size();
+  auto part = [&](size_t k) { return std::vector<at::Tensor>(out.begin() + k * L, out.begin() + (k + 1) * L); };
+  return {part(0), part(1), part(2), out[3 * L]};
+}
+
 // ---- backward ops without a double backward: a loud error, never a silent zero ----------------------------
 // Outputs computed below autograd; when grad mode is on and an input requires grad, the outputs get an Error
 // node whose next edges are those inputs, so a second backward through them raises, naming the op.
@@ -315,6 +463,9 @@ TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {
   m.impl("class_balancing_loss_forward", &class_balancing_loss_autograd);
   m.impl("soft_label_projection_forward", &soft_label_projection_autograd);
   m.impl("_soft_label_projection_backward", &soft_label_projection_backward_autograd);
+  m.impl("spectral_norm_power_iteration", &spectral_norm_power_iteration_autograd);
+  m.impl("spectral_norm_weight", &spectral_norm_weight_autograd);
+  m.impl("spectral_norm_weight_multi", &spectral_norm_weight_multi_autograd);
   m.impl("_class_balancing_loss_backward", &class_balancing_loss_backward_autograd);
   m.impl("_spectral_norm_weight_backward", &spectral_norm_weight_backward_autograd);
   m.impl("_spectral_norm_weight_multi_backward", &spectral_norm_weight_multi_backward_autograd);

@@ -1,6 +1,7 @@
 // Every op schema of the cbgan_ext library: the single source of truth. Backends register kernels with
-// TORCH_LIBRARY_IMPL(cbgan_ext, CPU|CUDA, m) in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu; Python
-// adds fake (meta) kernels and autograd in cbgan_ext/ops/. Backward kernels are ops of their own.
+// TORCH_LIBRARY_IMPL(cbgan_ext, CPU|CUDA, m) in csrc/cpu/<family>.cpp and csrc/cuda/<family>.cu, autograd in
+// csrc/autograd.cpp; Python adds fake (meta) kernels in cbgan_ext/ops/ (and _diff_augment_backward's double
+// backward). Backward kernels are ops of their own.
 #include <torch/library.h>
 
 TORCH_LIBRARY(cbgan_ext, m) {

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from .. import reference
 from ._checks import same_device
 
 _PI = "spectral_norm_power_iteration"
@@ -110,71 +111,8 @@ def _check_multi_backward(grads, weights, us, vs, sigmas, dims):
 
 
 # ---- autograd -----------------------------------------------------------------------------------------------
-
-
-def _pi_setup(ctx, inputs, output):
-    u, v, sigma = output
-    ctx.mark_non_differentiable(u, v)
-    ctx.save_for_backward(u, v)
-
-
-def _pi_backward(ctx, _gu, _gv, grad_sigma):
-    u, v = ctx.saved_tensors
-    grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_w = grad_sigma * torch.outer(u, v)  # dσ/dW = u vᵀ with the returned u, v held constant
-    return grad_w, None, None, None, None
-
-
-torch.library.register_autograd("cbgan_ext::spectral_norm_power_iteration", _pi_backward, setup_context=_pi_setup)
-
-
-def _w_setup(ctx, inputs, output):
-    weight, _, _, dim, _, _ = inputs
-    _, u, v, sigma = output
-    ctx.mark_non_differentiable(u, v, sigma)
-    ctx.dim = dim
-    ctx.save_for_backward(weight, u, v, sigma)
-
-
-def _w_backward(ctx, grad_wsn, _gu, _gv, _gs):
-    weight, u, v, sigma = ctx.saved_tensors
-    grad_w = None
-    if ctx.needs_input_grad[0]:
-        if grad_wsn.layout != torch.strided:  # SNEmbedding(sparse=True): the σ term is dense anyway
-            grad_wsn = grad_wsn.to_dense()
-        grad_w = torch.ops.cbgan_ext._spectral_norm_weight_backward(grad_wsn, weight, u, v, sigma, ctx.dim)
-    return grad_w, None, None, None, None, None
-
-
-torch.library.register_autograd("cbgan_ext::spectral_norm_weight", _w_backward, setup_context=_w_setup)
-
-
-def _multi_setup(ctx, inputs, output):
-    weights, _, _, dims, _, _ = inputs
-    _, us, vs, sigmas = output
-    ctx.mark_non_differentiable(*us, *vs, sigmas)
-    ctx.set_materialize_grads(False)  # layers whose W_sn is unused get None, not a zero tensor
-    ctx.dims = list(dims)
-    ctx.n = len(weights)
-    ctx.save_for_backward(*weights, *us, *vs, sigmas)
-
-
-def _multi_backward(ctx, grads_wsn, _gus, _gvs, _gs):
-    saved = ctx.saved_tensors
-    n = ctx.n
-    weights, us, vs, sigmas = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n]
-    none = [None] * n
-    grads = none
-    if any(ctx.needs_input_grad[0]):
-        grads = torch.ops.cbgan_ext._spectral_norm_weight_multi_backward(
-            [None if g is None else (g.to_dense() if g.layout != torch.strided else g) for g in grads_wsn],
-            list(weights), list(us), list(vs), sigmas, ctx.dims)
-    # the tensor-list inputs take lists of gradients (None for u, v: constants)
-    return grads, none, none, None, None, None
-
-
-torch.library.register_autograd("cbgan_ext::spectral_norm_weight_multi", _multi_backward, setup_context=_multi_setup)
+# In C++ (csrc/autograd.cpp, the Autograd dispatch key), for Python, torch.compile and libtorch users alike:
+# u, v and σ are not differentiable, W_sn is, through σ with u and v held constant (dσ/dW = u vᵀ, as torch).
 
 
 # ---- public wrappers -----------------------------------------------------------------------------------------
@@ -233,82 +171,30 @@ def spectral_norm_weight_multi(weights, us, vs, dims, n_power_iterations=1, eps=
                                                           n_power_iterations, float(eps))
 
 
-# ---- lean eager paths for the modules ------------------------------------------------------------------------
-# The layers call these once per forward. torch.library's generic autograd wrapper costs ~15 µs per call, and
-# ~80 µs for tensor lists (pytree handling), which is as much as torch's whole spectral norm of a small layer:
-# a plain autograd.Function calling the kernels below the autograd key does the same work for a fraction of
-# that. Same kernels, same backward op; under torch.compile the registered ops above are used instead.
-
-
-class _WeightFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight, u, v, dim, n, eps):
-        with torch._C._AutoDispatchBelowAutograd():
-            w_sn, u2, v2, sigma = torch.ops.cbgan_ext.spectral_norm_weight.default(weight, u, v, dim, n, eps)
-        ctx.mark_non_differentiable(u2, v2, sigma)
-        ctx.dim = dim
-        ctx.save_for_backward(weight, u2, v2, sigma)
-        return w_sn, u2, v2, sigma
-
-    @staticmethod
-    def backward(ctx, grad_wsn, _gu, _gv, _gs):
-        return _w_backward(ctx, grad_wsn, None, None, None)
-
-
-class _MultiFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, dims, n, eps, *tensors):
-        L = len(dims)
-        weights, us, vs = tensors[:L], tensors[L:2 * L], tensors[2 * L:]
-        with torch._C._AutoDispatchBelowAutograd():
-            w_sn, u2, v2, sigmas = torch.ops.cbgan_ext.spectral_norm_weight_multi.default(
-                list(weights), list(us), list(vs), dims, n, eps)
-        ctx.mark_non_differentiable(*u2, *v2, sigmas)
-        ctx.set_materialize_grads(False)
-        ctx.dims = dims
-        ctx.save_for_backward(*weights, *u2, *v2, sigmas)
-        return (*w_sn, *u2, *v2, sigmas)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        L = len(ctx.dims)
-        saved = ctx.saved_tensors
-        gw = torch.ops.cbgan_ext._spectral_norm_weight_multi_backward(
-            [None if g is None else (g.to_dense() if g.layout != torch.strided else g) for g in grads[:L]],
-            list(saved[:L]), list(saved[L:2 * L]), list(saved[2 * L:3 * L]), saved[3 * L], ctx.dims)
-        return (None, None, None, *gw, *([None] * (2 * L)))
-
-
-def _fast_path():
-    return torch.is_grad_enabled() and not torch.compiler.is_compiling()
+# ---- the modules' calls ----------------------------------------------------------------------------------------
+# The layers call these once per forward with arguments already valid: straight to the op (its C++ autograd
+# kernel), skipping the wrappers' Python checks.
 
 
 def _spectral_norm_weight_module(weight, u, v, dim, n, eps):
     """spectral_norm_weight for the modules (arguments already valid)."""
-    if _fast_path() and weight.requires_grad:
-        return _WeightFn.apply(weight, u, v, dim, n, eps)
-    return torch.ops.cbgan_ext.spectral_norm_weight(weight, u, v, dim, n, eps)
+    return torch.ops.cbgan_ext.spectral_norm_weight.default(weight, u, v, dim, n, eps)
 
 
 def _spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
     """spectral_norm_weight_multi for spectral_norm_update_ (arguments already valid)."""
-    if _fast_path() and any(w.requires_grad for w in weights):
-        L = len(weights)
-        out = _MultiFn.apply(list(dims), n, eps, *weights, *us, *vs)
-        return list(out[:L]), list(out[L:2 * L]), list(out[2 * L:3 * L]), out[3 * L]
-    return torch.ops.cbgan_ext.spectral_norm_weight_multi(list(weights), list(us), list(vs), list(dims), n, eps)
+    return torch.ops.cbgan_ext.spectral_norm_weight_multi.default(list(weights), list(us), list(vs), list(dims), n,
+                                                                  eps)
 
 
 # ---- ATen implementation on CUDA --------------------------------------------------------------------------
-# The same math with ATen ops: correct, device-generic, unfused. It serves the CUDA key when the build has no
-# CUDA kernels, or when CBGAN_EXT_SN_CUDA=aten asks for it (an escape hatch: the fused CUDA kernels of
-# csrc/cuda/spectral_norm.cu had one bug fixed without a GPU to rerun them on, see README).
+# reference.py's math (ATen ops: correct, device-generic, unfused) as the CUDA kernels: it serves the CUDA key
+# when the build has no CUDA kernels, or when CBGAN_EXT_SN_CUDA=aten asks for it (an escape hatch: the fused
+# CUDA kernels of csrc/cuda/spectral_norm.cu had one bug fixed without a GPU to rerun them on, see README).
+# Autograd is the same C++ kernel as for the fused ops (it dispatches below itself to whichever CUDA kernel);
+# only the backward ops' formula is written here, as reference.py has none (it differentiates W / σ).
 
-
-def _sn_mat(weight, dim):
-    if dim != 0:
-        weight = weight.permute(dim, *[d for d in range(weight.dim()) if d != dim])
-    return weight.reshape(weight.size(0), -1)
+_sn_mat = reference._sn_matrix
 
 
 def _sn_unmat(mat, like, dim):
@@ -320,26 +206,18 @@ def _sn_unmat(mat, like, dim):
     return mat.reshape(shape).permute(inv).contiguous()
 
 
-def _power_iteration_aten(w_mat, u, v, n, eps):
-    u, v = u.clone(), v.clone()
-    for _ in range(n):
-        v = torch.nn.functional.normalize(torch.mv(w_mat.t(), u), dim=0, eps=eps)
-        u = torch.nn.functional.normalize(torch.mv(w_mat, v), dim=0, eps=eps)
-    return u, v, torch.dot(u, torch.mv(w_mat, v))
-
-
 def _pi_cuda(weight_mat, u, v, n_power_iterations, eps):
     torch._check(weight_mat.dim() == 2, lambda: f"{_PI}: weight_mat must be 2-D [out, in]")
     _fake_layer_checks(_PI, weight_mat, u, v, 0)
     with torch.no_grad():
-        return _power_iteration_aten(weight_mat, u, v, n_power_iterations, eps)
+        return reference.spectral_norm_power_iteration(weight_mat, u, v, n_power_iterations, eps)
 
 
 def _weight_cuda(weight, u, v, dim, n_power_iterations, eps, op=_W):
     _fake_layer_checks(op, weight, u, v, dim)
     with torch.no_grad():
         dim = dim % weight.dim()
-        u, v, sigma = _power_iteration_aten(_sn_mat(weight, dim), u, v, n_power_iterations, eps)
+        u, v, sigma = reference.spectral_norm_power_iteration(_sn_mat(weight, dim), u, v, n_power_iterations, eps)
         return (weight * (1.0 / sigma)).contiguous(), u, v, sigma
 
 
