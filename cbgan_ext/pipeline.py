@@ -51,9 +51,11 @@ _BAGAN = dict(minority_class=0, drop_fraction=0.975, ae_steps=200, eval_samples=
 BAGAN_METHODS = ("bagan", "acgan", "minority-gan")
 
 PRESETS = {
-    "default": dict(about="the recorded main job (docs/main-job), about 40 minutes on 2 CPU cores", dataset="fashion-mnist", imbalance=100.0,
+    "default": dict(about="the recorded main job (docs/main-job, docs/bagan): the cbgan section about 40 minutes on 2 "
+                          "CPU cores; the bagan section took 103 minutes a seed at one thread, two seeds side by side", dataset="fashion-mnist", imbalance=100.0,
                     image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000),
-    "quick": dict(about="a first look, about 12 minutes on 2 CPU cores", dataset="fashion-mnist",
+    "quick": dict(about="a first look: the cbgan section about 12 minutes on 2 CPU cores, the bagan section (half the "
+                        "steps, 1 classifier epoch) untimed", dataset="fashion-mnist",
                   imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
                   annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
