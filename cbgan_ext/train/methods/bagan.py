@@ -214,7 +214,7 @@ class AutoencoderStage(TrainLoop):
                          tensorboard=False)
         self.trainer, self.E = trainer, encoder.to(trainer.device)
         self.modules = {"E": self.E, "G": trainer.G}
-        self.AE_step = dist.wrap(_Autoencoder(self.E, trainer.G), self.device)
+        self.AE_step = _Autoencoder(self.E, trainer.G)
         params = list(self.E.parameters()) + list(trainer.G.parameters())
         self.optimizers = {"AE": torch.optim.Adam(params, lr=s["lr"], betas=(s["beta1"], s["beta2"]))}
         from ..gan import GeneratorState, _stream_seed
@@ -229,6 +229,9 @@ class AutoencoderStage(TrainLoop):
 
     def try_resume(self):
         resumed = super().try_resume()
+        if self.world_size > 1 and self.step < self.steps:  # G would sit in two DistributedDataParallel wrappers
+            raise ValueError("bagan: the autoencoder stage runs in one process: run `cbgan-ext train ... --steps 0` "
+                             "without torchrun first, then resume the run under torchrun")
         if self.step > self.steps:
             raise ConfigMismatchError(f"{self.ckpt_path} holds {self.step} autoencoder steps, more than ae_steps="
                                       f"{self.steps}: the Gaussians were fitted on that encoder; use --ae-steps "
