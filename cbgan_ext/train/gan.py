@@ -233,26 +233,10 @@ class GANTrainer(TrainLoop):
         self.ema.update(self.G, step)
         return metrics
 
-    def run(self):
-        # Pre-stages (resumable) run only before the adversarial stage has a checkpoint, and a checkpoint of
-        # other settings is refused before they could touch the directory.
-        exists = os.path.exists(self.ckpt_path) if self.is_main else None
-        if self.world_size > 1:
-            exists = dist.broadcast_object(exists)
-        if exists:
-            error = None
-            if self.is_main:
-                try:
-                    self.check_config(self.saved_config(ckpt.load(self.ckpt_path, map_location="cpu")), self.ckpt_path)
-                except Exception as e:  # noqa: BLE001  (raised on every rank below)
-                    error = e
-            if self.world_size > 1:
-                error = dist.broadcast_object(error)
-            if error is not None:
-                raise error
-        else:
-            self.method.prepare(self)
-        return super().run()
+    def on_fresh_start(self):
+        # A checkpoint of the adversarial stage replaces what pre-stages make, so they run only without one,
+        # after any checkpoint of other settings has been refused.
+        self.method.prepare(self)
 
     # ---- sampling and evaluation ---------------------------------------------------------------------
     def generate(self, n, generator=None, batch=500, use_ema=True):

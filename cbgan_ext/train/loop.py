@@ -111,6 +111,9 @@ class TrainLoop:
     def sample_grid(self, path):
         pass
 
+    def on_fresh_start(self):
+        """Called on every rank when there is no checkpoint to resume (a trainer's pre-stages run here)."""
+
     def on_epoch_end(self, epoch):
         """With ``steps_per_epoch``: called after the last step of each epoch (and after the final step);
         returns metrics to log (event "epoch"), before that step's checkpoint is written."""
@@ -211,6 +214,7 @@ class TrainLoop:
         state = self._read_checkpoint()
         if state is None:
             self._truncate_log(0)
+            self.on_fresh_start()
             return False
         self.check_config(self.saved_config(state), self.ckpt_path)
         self.load_state_dict(state)

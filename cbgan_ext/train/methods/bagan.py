@@ -34,11 +34,6 @@ _DEFAULTS = dict(arch="bagan", z_dim=100, lr=5e-5, beta1=0.5, beta2=0.999, batch
                  ema_decay=0.9999)
 
 
-def _minority(dataset_config):
-    from ..gan import _minority_of
-    return _minority_of(dataset_config)
-
-
 class _BAGANFamily(Method):
     defaults = _DEFAULTS
     ssim_eval = True
@@ -163,17 +158,19 @@ class MinorityGAN(_BAGANFamily):
     loss = "nonsaturating"
 
     def target(self):
+        from ..gan import _minority_of
         t = int(self.settings.get("target_class", -1))
         if t >= 0:
             return t
-        minority = _minority(self.settings.get("dataset"))
+        minority = _minority_of(self.settings.get("dataset"))
         return minority[0] if len(minority) == 1 else None
 
     def check(self, dataset, settings):
+        from ..gan import _minority_of
         super().check(dataset, settings)
         t = int(settings["target_class"])
         if t < 0:
-            minority = _minority(getattr(dataset, "config", None))
+            minority = _minority_of(getattr(dataset, "config", None))
             if len(minority) != 1:
                 raise ValueError("method 'minority-gan': give the class to train on (target_class, --target-class): "
                                  f"the dataset names {len(minority)} minority classes {list(minority)}")

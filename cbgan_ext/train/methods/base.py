@@ -69,7 +69,8 @@ class Method:
         return batch, batch
 
     def prepare(self, trainer):
-        """Stages before the adversarial one (BAGAN's autoencoder), each resumable; called by ``run``."""
+        """Stages before the adversarial one (BAGAN's autoencoder), each resumable; run when the adversarial
+        stage has no checkpoint yet (``GANTrainer.on_fresh_start``)."""
 
     def eval_label(self):
         """For an unconditional method trained on one class: that class (its fakes are judged as it)."""
