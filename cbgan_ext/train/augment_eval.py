@@ -71,12 +71,13 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
     The classifier's seed is the dataset's (it also picks the kept images); ``seed`` draws the generated ones."""
     from .classifier import train_classifier
     runs = list(runs or [])
-    configs = [load_run(r, checkpoint).config for r in runs]
+    loaded = {d: load_run(d, checkpoint) for d in runs}
     if dataset_config is None:
-        if not configs:
+        if not loaded:
             raise ValueError("augment-eval: give GAN runs (--run) or a dataset config")
-        dataset_config = configs[0]["dataset"]
-    for r, c in zip(runs, configs):
+        dataset_config = loaded[runs[0]].config["dataset"]
+    for r, run in loaded.items():
+        c = run.config
         if c.get("dataset") != dataset_config:
             raise ValueError(f"augment-eval: {r} was trained on another dataset ({c.get('dataset')}) than "
                              f"{dataset_config}")
@@ -91,7 +92,6 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
               selection=dataset_config.get("selection", "shuffle"), minority_class=dataset_config.get("minority_class"),
               drop_fraction=dataset_config.get("drop_fraction"), device=str(device), augment="crop")
     kw.update(classifier_kw)
-    loaded = {d: load_run(d, checkpoint) for d in runs}
     for d, run in loaded.items():  # every run must generate every minority class: checked before any training
         if not run.conditional and any(run.label != k for k in minority):
             raise ValueError(f"augment-eval: {d} ({run.method}) generates only class {run.label}; the minority "
