@@ -3,9 +3,9 @@ import torch
 
 
 class RandomImages(torch.utils.data.Dataset):
-    def __init__(self, n=2048, K=10):
+    def __init__(self, n=2048, K=10, channels=1):
         g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 1, 32, 32, generator=g) * 2 - 1
+        self.images = torch.rand(n, channels, 32, 32, generator=g) * 2 - 1
         self.labels = torch.randint(0, K, (n,), generator=g)
         self.class_counts = torch.bincount(self.labels, minlength=K).tolist()
         self.imbalance_ratio = 100.0

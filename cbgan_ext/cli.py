@@ -327,15 +327,35 @@ def _configure_eval(p):
                         "annotator's (FD-annotator, always reported), or Inception too when its weights are present")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lpips-images", type=int, default=100,
+                   help="LPIPS diversity over all pairs of this many fakes, and of this many per class for conditional "
+                        "runs (Softlabel-GAN's 100); needs torchvision's AlexNet weights, else skipped; 0: off")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="conditional runs: write a bar chart of intra-FD per class, sorted by training count")
 
 
 @subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
             "FD-annotator (and FID when available)", configure=_configure_eval)
 def _run_eval(args):
-    check_args(args, n=int_check(2), seed=int_check(0))
-    from .train.gan import evaluate_run
+    check_args(args, n=int_check(2), seed=int_check(0), lpips_images=int_check(0))
+    if args.lpips_images == 1:
+        raise UsageError("--lpips-images: expected 0 (off) or >= 2 images (LPIPS compares pairs), got 1")
+    if args.plot and not args.plot.endswith(".png"):
+        raise UsageError(f"--plot: expected a .png path, got {args.plot!r}")
+    from .train.gan import evaluate_run, load_run
+    if args.plot:
+        run = load_run(args.run, args.checkpoint)
+        if not run.conditional:
+            raise UsageError(f"--plot: the run {args.run} ({run.method}) is unconditional; it has no per-class "
+                             "intra-FD to plot")
     res = evaluate_run(args.run, checkpoint=args.checkpoint, annotator=args.annotator, n=args.n, fid=args.fid,
-                       device=args.device, seed=args.seed)
+                       device=args.device, seed=args.seed, lpips_images=args.lpips_images)
+    if args.plot:
+        from .data import dataset_from_config
+        from .pipeline import plot_intra_fd
+        data = dataset_from_config(run.config["dataset"])
+        plot_intra_fd(args.plot, {res["method"]: res}, list(data.class_counts),
+                      list(getattr(data, "classes", range(data.num_classes))))
     print(json.dumps(res))
     return 0
 
@@ -473,9 +493,10 @@ def _configure_demo(p):
                    help="CB weighting " + default(d["gan"]["weighting"]))
     p.add_argument("--lam", type=float, default=None, help="CB λ " + default(d["gan"]["lam"]))
     p.add_argument("--methods", default=None, help="comma-separated methods (default: those of the main job)")
-    p.add_argument("--sections", default="cbgan,bagan",
-                   help="comma-separated parts: cbgan (the main-job methods on the long-tailed data) and bagan (BAGAN "
-                        "vs ACGAN vs the minority-only GAN with one class dropped, and the augmented-classifier test)")
+    p.add_argument("--sections", default="cbgan,bagan,softlabel",
+                   help="comma-separated parts: cbgan (the main-job methods on the long-tailed data), bagan (BAGAN "
+                        "vs ACGAN vs the minority-only GAN with one class dropped, and the augmented-classifier test) "
+                        "and softlabel (Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN on the lognormal profile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
                    "and write OUT/summary.md (mean and spread)")

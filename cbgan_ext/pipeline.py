@@ -49,6 +49,16 @@ _BAGAN = dict(minority_class=0, drop_fraction=0.975, ae_steps=200, eval_samples=
               gan=dict(width=0.25, batch_size=64, steps=400, ckpt_every=100, log_every=50, sample_every=400),
               augment=dict(epochs=3, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
 BAGAN_METHODS = ("bagan", "acgan", "minority-gan")
+# Softlabel section: Softlabel-GAN's offline setting (Fashion-MNIST, lognormal profile, 3208 images, 65-1720 a
+# class), BigGAN-32 at width 0.125 (ch 8): 0.75 s a G step on 2 cores with 2 D steps, 1.3 s with the released 4,
+# so 2 D steps and 800 G steps; the same steps and seed for the three methods. The soft labels come from a
+# ResNet-32 trained with CE - 0.3 H.
+_SOFTLABEL = dict(profile="lognormal", eval_samples=5000, lpips_images=100,
+                  classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
+                                  amp="auto"),
+                  gan=dict(width=0.125, batch_size=64, n_dis=2, steps=800, ema_start=400, ema_decay=0.999,
+                           eval_every=0, sample_every=400, ckpt_every=100, log_every=50))
+SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
 
 PRESETS = {
     "default": dict(about="the recorded main job (docs/main-job, docs/bagan): the cbgan section about 40 minutes on 2 "
@@ -60,7 +70,9 @@ PRESETS = {
                   annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
                   bagan=dict(_BAGAN, ae_steps=100, eval_samples=1000, gan=dict(_BAGAN["gan"], steps=200),
-                             augment=dict(_BAGAN["augment"], epochs=1))),
+                             augment=dict(_BAGAN["augment"], epochs=1)),
+                  softlabel=dict(_SOFTLABEL, eval_samples=2000, classifier=dict(_SOFTLABEL["classifier"], epochs=10),
+                                 gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150, sample_every=300))),
     "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
@@ -71,9 +83,13 @@ PRESETS = {
                  bagan=dict(_BAGAN, ae_steps=3, eval_samples=60,
                             gan=dict(width=0.0625, batch_size=16, steps=3, ckpt_every=2, log_every=1,
                                      sample_every=0),
-                            augment=dict(epochs=0.5, width=0.25, depth=8, batch_size=64, lr_schedule="cosine"))),
+                            augment=dict(epochs=0.5, width=0.25, depth=8, batch_size=64, lr_schedule="cosine")),
+                 softlabel=dict(profile="exp", eval_samples=100, lpips_images=4,
+                                classifier=dict(_SOFTLABEL["classifier"], epochs=1, depth=8, amp="none"),
+                                gan=dict(width=0.0625, batch_size=16, n_dis=1, steps=3, ema_start=1, ema_decay=0.9,
+                                         eval_every=0, sample_every=0, ckpt_every=2, log_every=1))),
 }
-SECTIONS = ("cbgan", "bagan")
+SECTIONS = ("cbgan", "bagan", "softlabel")
 BALANCED_ACCURACY_NEEDED = 0.75  # below this the classifier in the loop cannot balance CBGAN (measured)
 
 
@@ -123,6 +139,7 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
     if bad:
         raise ValueError(f"demo: sections must be of {SECTIONS}, got {bad}")
     cfg.setdefault("bagan", json.loads(json.dumps(_BAGAN)))
+    cfg.setdefault("softlabel", json.loads(json.dumps(_SOFTLABEL)))
     return cfg
 
 
@@ -138,17 +155,18 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
                         seed=seed)
     _log(f"    long-tailed train counts {list(train.class_counts)}")
 
-    _log("2/5 classifier in the loop (long-tailed data)")
-    clf = _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
-                      image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
+    clf = None
+    if "cbgan" in cfg["sections"]:
+        _log("2/5 classifier in the loop (long-tailed data)")
+        clf = _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
+                          image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
     _log("3/5 annotator (balanced data)")
     ann = _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
                       image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads)
     acc = {name: {k: m.checkpoint_info.get(k) for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
-           for name, m in (("classifier", clf), ("annotator", ann))}
-    _log(f"    classifier balanced accuracy {acc['classifier']['balanced_accuracy']:.3f}, "
-         f"annotator {acc['annotator']['balanced_accuracy']:.3f}")
-    if (acc["classifier"]["balanced_accuracy"] or 0) < BALANCED_ACCURACY_NEEDED:
+           for name, m in (("classifier", clf), ("annotator", ann)) if m is not None}
+    _log("    " + ", ".join(f"{k} balanced accuracy {v['balanced_accuracy']:.3f}" for k, v in acc.items()))
+    if clf is not None and (acc["classifier"]["balanced_accuracy"] or 0) < BALANCED_ACCURACY_NEEDED:
         _log(f"    warning: the classifier in the loop is below {BALANCED_ACCURACY_NEEDED:.0%} balanced accuracy; "
              "CBGAN balances only as well as it classifies")
 
@@ -176,11 +194,13 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
                                      value_range=(-1, 1))
         _log(f"    {method}: KL {res['kl']:.4f}, FD-annotator {res['fd']:.2f}, histogram {res['histogram']}")
 
-    bagan = None
+    bagan = softlabel = None
     if "bagan" in cfg["sections"]:
         bagan = bagan_section(out, cfg, seed, progress)
+    if "softlabel" in cfg["sections"]:
+        softlabel = softlabel_section(out, cfg, seed, threads, progress)
     _log("5/5 report")
-    report = write_report(out, cfg, train, results, acc, time.time() - t0, seed, bagan)
+    report = write_report(out, cfg, train, results, acc, time.time() - t0, seed, bagan, softlabel)
     _log(f"wrote {report}")
     return results
 
@@ -251,6 +271,133 @@ def _bagan_lines(bagan):
     return lines
 
 
+def softlabel_section(out, cfg, seed, threads=None, progress=True):
+    """Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN (same seed, networks and steps; final EMA generators) on the
+    section's profile, in ``out/softlabel``: FD-annotator, intra-FD per class, PRDC and intra-PRDC, class
+    consistency (all with the annotator of stage 3), LPIPS and intra-LPIPS when their weights exist, and a bar chart
+    of intra-FD per class sorted by training count."""
+    from .train.classifier import soft_labels
+    sl = cfg["softlabel"]
+    d = os.path.join(out, "softlabel")
+    os.makedirs(d, exist_ok=True)
+    data_kw = dict(profile=sl["profile"], image_size=cfg["image_size"], seed=seed)
+    if sl["profile"] == "exp":
+        data_kw["imbalance_ratio"] = cfg["imbalance"]
+    data = get_dataset(cfg["dataset"], "train", **data_kw)
+    _log(f"4c/5 Softlabel section: {sl['profile']} profile, training counts {list(data.class_counts)}")
+    clf_path = os.path.join(d, "softlabel_classifier.pt")
+    clf = _classifier(clf_path, dataset=cfg["dataset"], imbalance=data_kw.get("imbalance_ratio", 1.0),
+                      image_size=cfg["image_size"], settings=dict(sl["classifier"], profile=sl["profile"]),
+                      seed=seed, threads=threads)
+    clf_acc = {k: clf.checkpoint_info.get(k) for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
+    _log(f"    soft-label classifier balanced accuracy {clf_acc['balanced_accuracy']:.3f}")
+    soft = soft_labels(clf_path, data)
+    ann_path = os.path.join(out, "annotator.pt")
+    evals = {}
+    for method in SOFTLABEL_METHODS:
+        md = os.path.join(d, method)
+        needs = get_method(method).needs_soft_labels
+        trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress,
+                             soft_labels=soft if needs else None, **sl["gan"])
+        trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
+        trainer.run()
+        path = os.path.join(md, "eval.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                evals[method] = json.load(f)
+        else:
+            evals[method] = _softlabel_eval(md, ann_path, sl)
+            with open(path + ".tmp", "w") as f:
+                json.dump(evals[method], f)
+            os.replace(path + ".tmp", path)
+        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
+        torchvision.utils.save_image(fakes, os.path.join(d, f"samples_{method}.png"), nrow=10, normalize=True,
+                                     value_range=(-1, 1))
+        r = evals[method]
+        _log(f"    {method}: FD-annotator {r['fd']:.2f}, intra-FD {r['intra_fd_mean']:.2f} ± {r['intra_fd_std']:.2f}, "
+             f"class consistency {r['class_consistency']:.3f}")
+    classes = list(getattr(data, "classes", range(data.num_classes)))
+    plot_intra_fd(os.path.join(d, "intra_fd.png"), evals, list(data.class_counts), classes)
+    return {"eval": evals, "class_counts": list(data.class_counts), "classes": [str(c) for c in classes],
+            "soft_label_classifier": clf_acc, "settings": sl}
+
+
+def _softlabel_eval(run_dir, ann_path, sl):
+    from .train.gan import evaluate_run
+    return evaluate_run(run_dir, "last", annotator=ann_path, n=sl["eval_samples"], fid="annotator", seed=2024,
+                        lpips_images=sl["lpips_images"])
+
+
+def plot_intra_fd(path, evals, class_counts, classes):
+    """Intra-FD per class for each method, classes sorted by training count (largest first): the paper's Fig. 8 view."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    order = sorted(range(len(class_counts)), key=lambda k: -class_counts[k])
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(order), 3.4))
+    width = 0.8 / max(len(evals), 1)
+    for j, (method, r) in enumerate(evals.items()):
+        vals = [(r.get("intra_fd") or [None] * len(order))[k] for k in order]
+        ax.bar([i + (j - (len(evals) - 1) / 2) * width for i in range(len(order))],
+               [math.nan if v is None else v for v in vals], width, label=method, color=f"C{j}")
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([f"{str(classes[k])[:9]}\n{class_counts[k]}" for k in order], fontsize=7)
+    ax.set_ylabel("intra-FD (annotator) ↓")
+    ax.set_title("intra-FD per class, by training count")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def minor_classes(class_counts, n=3):
+    """The n classes with the fewest training images."""
+    return sorted(range(len(class_counts)), key=lambda k: class_counts[k])[:n]
+
+
+def _minor_intra_fd(sl, method):
+    fds = [sl["eval"][method]["intra_fd"][k] for k in minor_classes(sl["class_counts"])]
+    fds = [v for v in fds if v is not None]
+    return statistics.fmean(fds) if fds else math.nan
+
+
+def _softlabel_lines(sl):
+    counts, classes, ev = sl["class_counts"], sl["classes"], sl["eval"]
+    g = sl["settings"]["gan"]
+    a = sl["soft_label_classifier"]
+    lines = ["", f"## Softlabel section ({sl['settings']['profile']} profile; training counts {counts})", "",
+             f"BigGAN-32 at width {g['width']}, {g['steps']} G steps with {g['n_dis']} D steps each, batch "
+             f"{g['batch_size']}, EMA {g['ema_decay']} from step {g['ema_start']}; the final EMA generator of each "
+             f"method, {sl['settings']['eval_samples']} samples (as many per class). Soft labels: a ResNet trained with "
+             f"CE − 0.3·H, balanced test accuracy {(a.get('balanced_accuracy') or math.nan) * 100:.1f}%.", "",
+             "| method | FD-annotator ↓ | intra-FD ↓ (mean ± sd over classes) | intra-FD, 3 smallest classes ↓ | "
+             "class consistency ↑ | precision | recall | density | coverage | intra-P / R / D / C | LPIPS ↑ | "
+             "intra-LPIPS ↑ |", "| --- |" + " --- |" * 11]
+    for m, r in ev.items():
+        p, ip = r.get("prdc") or {}, r.get("intra_prdc") or {}
+
+        def f(d, k):
+            return "n/a" if d.get(k) is None else f"{d[k]:.3f}"
+        minor_fd = _minor_intra_fd(sl, m)
+        lp = "skipped" if "lpips" not in r else f"{r['lpips']:.3f}"
+        ilp = "skipped" if "intra_lpips_mean" not in r else f"{r['intra_lpips_mean']:.3f} ± {r['intra_lpips_std']:.3f}"
+        lines.append(f"| {m} | {r['fd']:.2f} | {r['intra_fd_mean']:.2f} ± {r['intra_fd_std']:.2f} | {minor_fd:.2f} | "
+                     f"{r['class_consistency']:.3f} | {f(p, 'precision')} | {f(p, 'recall')} | {f(p, 'density')} | "
+                     f"{f(p, 'coverage')} | {' / '.join(f(ip, k) for k in ('precision', 'recall', 'density', 'coverage'))} "
+                     f"| {lp} | {ilp} |")
+    skipped = next((r["lpips_skipped"] for r in ev.values() if "lpips_skipped" in r), None)
+    if skipped:
+        lines += ["", skipped + "."]
+    order = sorted(range(len(counts)), key=lambda k: -counts[k])
+    lines += ["", "Intra-FD per class (classes by training count):", "", "![intra-FD](softlabel/intra_fd.png)", "",
+              "| class | training images | " + " | ".join(ev) + " |", "| --- | --- |" + " --- |" * len(ev)]
+    for k in order:
+        lines.append(f"| {classes[k]} | {counts[k]} | " + " | ".join(
+            "n/a" if r["intra_fd"][k] is None else f"{r['intra_fd'][k]:.2f}" for r in ev.values()) + " |")
+    lines += ["", "Samples (column k: class k): " + ", ".join(f"[{m}](softlabel/samples_{m}.png)" for m in ev)]
+    return lines
+
+
 def _ratios(results):
     """KL and FD of each method relative to the baseline ("gan"): KL ratio = baseline / method (higher is
     more balancing), FD ratio = method / baseline (1.25 = 25% worse)."""
@@ -261,12 +408,47 @@ def _ratios(results):
             for m, r in results.items() if m != "gan"}
 
 
-def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None):
+def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None, softlabel=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     classes = list(getattr(train, "classes", range(train.num_classes)))
+    if results:
+        _histogram_figure(out, cfg, train, results, classes, plt)
+    fid_note = ("clean-fid's Inception weights were found: FID is available with `cbgan-ext eval`"
+                if inception_available() else
+                "clean-fid's Inception weights are not available offline, so the Fréchet distance is computed "
+                "on the annotator's penultimate features (FD-annotator), against the balanced test split. It is "
+                "not comparable with published FIDs.")
+    ratios = _ratios(results)
+    lines = [f"# cbgan_ext main job on {cfg['dataset']} (preset {cfg['preset']}, seed {seed}, sections "
+             f"{', '.join(cfg['sections'])})", "",
+             f"{seconds / 60:.1f} min in this invocation (finished stages resume)."]
+    if results:
+        lines += _cbgan_lines(cfg, train, results, ratios, classes)
+    lines += ["", fid_note, "", "## Classifiers", "",
+              "| network | data | accuracy | balanced accuracy |", "| --- | --- | --- | --- |"]
+    for name, data in (("classifier", f"long-tailed ρ={cfg['imbalance']:g}"), ("annotator", "balanced")):
+        if name not in accuracies:
+            continue
+        a = accuracies[name]
+        lines.append(f"| {name} | {data} | {(a.get('accuracy') or math.nan) * 100:.1f}% | "
+                     f"{(a.get('balanced_accuracy') or math.nan) * 100:.1f}% |")
+    if bagan is not None:
+        lines += _bagan_lines(bagan)
+    if softlabel is not None:
+        lines += _softlabel_lines(softlabel)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"config": cfg, "seed": seed, "results": results, "ratios": ratios, "classifiers": accuracies,
+                   "bagan": bagan, "softlabel": softlabel, "minutes": seconds / 60}, f, indent=1, default=str)
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def _histogram_figure(out, cfg, train, results, classes, plt):
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(4 * (len(results) + 1), 3.2), sharey=False, squeeze=False)
     axes = axes[0]
     counts = torch.tensor(list(train.class_counts), dtype=torch.float64)
@@ -284,18 +466,14 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None
     fig.savefig(os.path.join(out, "histograms.png"), dpi=110)
     plt.close(fig)
 
+
+def _cbgan_lines(cfg, train, results, ratios, classes):
     g = cfg["gan"]
-    fid_note = ("clean-fid's Inception weights were found: FID is available with `cbgan-ext eval`"
-                if inception_available() else
-                "clean-fid's Inception weights are not available offline, so the Fréchet distance is computed "
-                "on the annotator's penultimate features (FD-annotator), against the balanced test split. It is "
-                "not comparable with published FIDs.")
-    ratios = _ratios(results)
-    lines = [f"# cbgan_ext main job on long-tailed {cfg['dataset']} (preset {cfg['preset']}, seed {seed})", "",
+    lines = ["", f"## CBGAN section (long-tailed, ρ = {cfg['imbalance']:g})", "",
              f"ρ = {cfg['imbalance']:g}, training counts {list(train.class_counts)}; {g['arch']} width {g['width']}, "
              f"{g['steps']} steps, batch {g['batch_size']}, CB: {g['weighting']} weighting, λ = {g['lam']} from step "
-             f"{g.get('cb_start', 0)}, cycle {g['cycle']} steps; {cfg['final_samples']} samples per method from the final EMA generator (the same "
-             f"rule for every method); {seconds / 60:.1f} min in this invocation (finished stages resume).", "",
+             f"{g.get('cb_start', 0)}, cycle {g['cycle']} steps; {cfg['final_samples']} samples per method from the "
+             "final EMA generator (the same rule for every method).", "",
              "| method | KL(hist ‖ uniform) ↓ | FD-annotator ↓ | KL ratio (baseline / method) | FD ratio "
              "(method / baseline) | annotator confidence |", "| --- | --- | --- | --- | --- | --- |"]
     for method, res in results.items():
@@ -308,26 +486,12 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None
     lines += ["", f"Annotator confidence: its mean top-class probability on the samples ({real_conf:.3f} on the test "
               "split). Samples made to satisfy the classifier in the loop rather than to look real can balance and "
               "reach a good FD-annotator while being unrecognisable; look at the grids below."]
-    lines += ["", fid_note, "", "## Classifiers", "",
-              "| network | data | accuracy | balanced accuracy |", "| --- | --- | --- | --- |"]
-    for name, data in (("classifier", f"long-tailed ρ={cfg['imbalance']:g}"), ("annotator", "balanced")):
-        a = accuracies.get(name) or {}
-        lines.append(f"| {name} | {data} | {(a.get('accuracy') or math.nan) * 100:.1f}% | "
-                     f"{(a.get('balanced_accuracy') or math.nan) * 100:.1f}% |")
-    lines += ["", "## Generated class histograms (annotator labels)", "", "![histograms](histograms.png)", "",
+    lines += ["", "### Generated class histograms (annotator labels)", "", "![histograms](histograms.png)", "",
               "| class | " + " | ".join(results) + " |", "| --- |" + " --- |" * len(results)]
     for k, c in enumerate(classes):
         lines.append(f"| {c} | " + " | ".join(str(res["histogram"][k]) for res in results.values()) + " |")
-    lines += ["", "## Samples", ""] + [f"**{m}**\n\n![{m}](samples_{m}.png)\n" for m in results]
-    if bagan is not None:
-        lines += _bagan_lines(bagan)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"config": cfg, "seed": seed, "results": results, "ratios": ratios, "classifiers": accuracies,
-                   "bagan": bagan, "minutes": seconds / 60}, f, indent=1, default=str)
-    path = os.path.join(out, "report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    lines += ["", "### Samples", ""] + [f"**{m}**\n\n![{m}](samples_{m}.png)\n" for m in results]
+    return lines
 
 
 def _spread(values):
@@ -365,9 +529,21 @@ def write_summary(out, per_seed):
         for row in first["bagan"]["augment"]["rows"]:
             rows.append((f"BAGAN section: classifier minority accuracy, {row}",
                          [per_seed[s]["bagan"]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]))
+    if all(per_seed[s].get("softlabel") for s in seeds):
+        for m in first["softlabel"]["eval"]:
+            for key, label in (("fd", "FD-annotator ↓"), ("intra_fd_mean", "intra-FD mean ↓"),
+                               ("class_consistency", "class consistency ↑"), ("intra_lpips_mean", "intra-LPIPS ↑")):
+                vals = [per_seed[s]["softlabel"]["eval"][m].get(key) for s in seeds]
+                if None not in vals:
+                    rows.append((f"Softlabel section: {m} {label}", vals))
+            rows.append((f"Softlabel section: {m} intra-FD of the 3 smallest classes ↓",
+                         [_minor_intra_fd(per_seed[s]["softlabel"], m) for s in seeds]))
+        rows.append(("Softlabel section: soft-label classifier balanced accuracy",
+                     [per_seed[s]["softlabel"]["soft_label_classifier"]["balanced_accuracy"] for s in seeds]))
     for name in ("classifier", "annotator"):
-        rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
-                                                   for s in seeds]))
+        if all(name in per_seed[s]["classifiers"] for s in seeds):
+            rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
+                                                       for s in seeds]))
     lines = [f"# Main job over seeds {', '.join(map(str, seeds))} (preset {first['config']['preset']})", "",
              "| quantity | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | min – max |",
              "| --- |" + " --- |" * (len(seeds) + 3)]

@@ -41,18 +41,42 @@ def test_main_job_tiny_preset_end_to_end(tmp_path, capsys):
         assert list(rows) == ["plain", "oversample", "mirror", *pipeline.BAGAN_METHODS]
         assert rows["plain"]["added"] == 0 and rows["bagan"]["added"] == b["class_counts"][1] - b["class_counts"][0]
         assert "## BAGAN section" in report and "| oversample |" in report
+        sl = res["softlabel"]  # the Softlabel section: three methods on the same data, one evaluator
+        assert list(sl["eval"]) == list(pipeline.SOFTLABEL_METHODS)
+        for m in pipeline.SOFTLABEL_METHODS:
+            e = sl["eval"][m]
+            assert e["fd"] > 0 and 0 <= e["class_consistency"] <= 1 and e["step"] == sl["settings"]["gan"]["steps"]
+            assert len(e["intra_fd"]) == len(sl["class_counts"]) and e["intra_fd_mean"] > 0
+            assert ("intra_lpips" in e) != ("lpips_skipped" in e)
+            assert (d / "softlabel" / m / "checkpoint.pt").exists() and (d / "softlabel" / f"samples_{m}.png").exists()
+        assert json.load(open(d / "softlabel" / "softlabel-gan" / "config.json"))["soft_labels"].endswith(
+            "softlabel_classifier.pt")
+        assert (d / "softlabel" / "intra_fd.png").exists()
+        assert "## Softlabel section" in report and "| softlabel-gan |" in report
     summary = open(out / "summary.md").read()
     assert "| cbgan KL ratio (gan / cbgan) |" in summary and "mean" in summary
     assert "| BAGAN section: classifier minority accuracy, oversample |" in summary
+    assert "| Softlabel section: softlabel-gan FD-annotator ↓ |" in summary
+    assert "| Softlabel section: diffaug-gan intra-FD of the 3 smallest classes ↓ |" in summary
     # seeds differ: the job is not the same run twice
     r0, r1 = (json.load(open(out / f"seed{s}" / "results.json"))["results"]["gan"]["histogram"] for s in (0, 1))
     assert r0 != r1
     # a second invocation finds every stage done
-    before = [os.path.getmtime(out / "seed0" / p) for p in ("gan/checkpoint.pt", "bagan/bagan/checkpoint.pt",
-                                                             "bagan/augment/bagan/classifier.pt")]
+    done = ("gan/checkpoint.pt", "bagan/bagan/checkpoint.pt", "bagan/augment/bagan/classifier.pt",
+            "softlabel/softlabel-gan/checkpoint.pt", "softlabel/softlabel_classifier.pt")
+    before = [os.path.getmtime(out / "seed0" / p) for p in done]
     assert cli.main(["demo", "--preset", "tiny", "--out", str(out / "seed0"), "--seed", "0"]) == 0
-    assert [os.path.getmtime(out / "seed0" / p) for p in ("gan/checkpoint.pt", "bagan/bagan/checkpoint.pt",
-                                                          "bagan/augment/bagan/classifier.pt")] == before
+    assert [os.path.getmtime(out / "seed0" / p) for p in done] == before
+
+
+def test_softlabel_section_alone_skips_cbgan_classifier(tmp_path):
+    out = tmp_path / "sl"
+    assert cli.main(["demo", "--preset", "tiny", "--out", str(out), "--sections", "softlabel"]) == 0
+    res = json.load(open(out / "results.json"))
+    assert res["results"] == {} and list(res["classifiers"]) == ["annotator"]
+    assert not (out / "classifier.pt").exists() and (out / "softlabel" / "softlabel_classifier.pt").exists()
+    report = open(out / "report.md").read()
+    assert "## Softlabel section" in report and "## CBGAN section" not in report
 
 
 def _third_party_imports():

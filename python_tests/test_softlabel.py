@@ -172,6 +172,14 @@ def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsy
     res = json.loads(capsys.readouterr().out)  # one JSON document: nothing else on stdout
     assert len(res["intra_fd"]) == 10 and 0 <= res["class_consistency"] <= 1
     assert "prdc" in res or "prdc_skipped" in res
+    assert ("intra_lpips" in res and len(res["intra_lpips"]) == 10) or res["lpips_skipped"].startswith("LPIPS skipped")
+    plot = tmp_path / "intra_fd.png"
+    assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--n", "40", "--checkpoint", "last",
+                     "--lpips-images", "0", "--plot", str(plot)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert plot.stat().st_size > 0 and "lpips" not in res and "lpips_skipped" not in res
+    assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--lpips-images", "1"]) == 2
+    assert "--lpips-images" in capsys.readouterr().err
     assert cli.main(argv[:8] + ["diffaug-gan"] + argv[9:] + ["--out", str(tmp_path / "d")]) == 2
     assert "--soft-labels: method 'diffaug-gan' does not use soft labels" in capsys.readouterr().err
     assert cli.main(argv + ["--out", str(tmp_path / "bad"), "--policy", "zoom"]) == 2

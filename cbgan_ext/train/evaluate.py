@@ -20,6 +20,9 @@ whose feature statistics it computes once and caches. Metrics:
 * ``ssim`` (with ``Evaluator(variability=...)``, as ``cbgan-ext eval`` does for the BAGAN family): per class,
   SSIM of random fake pairs and of real training pairs, and of fakes / reals to their nearest real training
   image (BAGAN's variability measures; torchmetrics' SSIM, Gaussian window 11, σ 1.5);
+* ``lpips``, ``intra_lpips`` (``cbgan-ext eval`` and the main job, through ``lpips_scores``): Softlabel-GAN's LPIPS
+  diversity over all pairs of 100 fakes, overall and per class, when torchvision's AlexNet weights are present
+  (``lpips_skipped`` says why not);
 * ``confidence``: the annotator's mean top-class probability on the fakes, next to ``real_confidence`` on the
   test split. Images made to satisfy a classifier rather than to look real can reach a good FD-annotator
   and balance while being unrecognisable; their confidence drops (a check, not a quality metric).
@@ -85,6 +88,30 @@ def generate(G, n, *, z_dim, num_classes=0, conditional=False, generator=None, b
         y = None if labels is None else labels[i:i + m].to(device)
         out.append((G(z, y) if conditional else G(z)).cpu())
     return (torch.cat(out) if out else torch.empty(0)), labels
+
+
+def lpips_scores(G, *, z_dim, num_classes=0, conditional=False, n=100, seed=0, device="cpu"):
+    """Softlabel-GAN's LPIPS diversity: the mean LPIPS over all pairs of n generated images (``lpips``, classes as
+    ``generate`` spreads them) and, for a conditional G, of n images of each class (``intra_lpips`` by class, its
+    mean and std). Without torchvision's AlexNet weights: ``{"lpips_skipped": reason}``, never an error."""
+    from ..metrics.lpips import LPIPSDiversity, lpips_unavailable
+    reason = lpips_unavailable()
+    if reason:
+        return {"lpips_skipped": reason}
+    lp = LPIPSDiversity(device=device)
+    g = torch.Generator().manual_seed(int(seed))
+    fakes, _ = generate(G, n, z_dim=z_dim, num_classes=num_classes, conditional=conditional, generator=g,
+                        device=device)
+    out = {"lpips": lp(fakes), "lpips_images": int(n)}
+    if conditional:
+        per_class = []
+        for k in range(num_classes):
+            z = torch.randn(n, z_dim, generator=g).to(device)
+            with torch.no_grad():
+                per_class.append(lp(G(z, torch.full((n,), k, dtype=torch.int64, device=device)).cpu()))
+        out.update(intra_lpips=per_class, intra_lpips_mean=float(np.mean(per_class)),
+                   intra_lpips_std=float(np.std(per_class)))
+    return out
 
 
 class Evaluator:

@@ -23,7 +23,7 @@ from ..ops.diff_augment import diff_augment, parse_policy
 from . import checkpoint as ckpt
 from . import distributed as dist
 from . import options as opts
-from .evaluate import Evaluator, balanced_test_split, generate
+from .evaluate import Evaluator, balanced_test_split, generate, lpips_scores
 from .losses import relativistic_d_loss, relativistic_g_loss  # noqa: F401  (re-exported)
 from .loop import EMA, TrainLoop
 from .methods import get_method, method_names
@@ -315,12 +315,13 @@ def _minority_of(dataset_config):
 
 
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
-                 ssim_pairs=500, ssim_queries=50, ssim_pool=500):
+                 ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100):
     """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
     runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class; for the minority
     classes, ``ssim_queries`` images searched for their nearest among up to ``ssim_pool`` training images of
     the class) and
-    their minority classes named (``minority_classes``, ``minority_accuracy``)."""
+    their minority classes named (``minority_classes``, ``minority_accuracy``). LPIPS diversity over
+    ``lpips_images`` fakes (per class for conditional runs; 0: not computed) when its weights are present."""
     from ..models.classifier import load_classifier
     run = load_run(run_dir, checkpoint, device)
     c = run.config
@@ -342,6 +343,9 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
                    real_labels=real.labels, prdc=run.conditional, variability=variability)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional, label=run.label)
     res.update(step=run.step, checkpoint=checkpoint, method=run.method)
+    if lpips_images:
+        res.update(lpips_scores(run.G, z_dim=run.z_dim, num_classes=run.num_classes, conditional=run.conditional,
+                                n=int(lpips_images), seed=seed + 1, device=device))
     minority = _minority_of(c.get("dataset"))
     if minority and res.get("class_accuracy"):
         res["minority_classes"] = list(minority)
