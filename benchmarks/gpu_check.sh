@@ -21,7 +21,7 @@ DRY=${GPU_CHECK_DRY_RUN:-0}
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $a" >&2; exit 2 ;;
   esac
 done
