@@ -335,13 +335,16 @@ def _configure_eval(p):
 
 
 @subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
-            "FD-annotator (and FID when available)", configure=_configure_eval)
+            "FD-annotator (and FID when available); for conditional runs intra-FD, PRDC, class consistency and LPIPS "
+            "(when its weights exist), --plot for intra-FD per class", configure=_configure_eval)
 def _run_eval(args):
     check_args(args, n=int_check(2), seed=int_check(0), lpips_images=int_check(0))
     if args.lpips_images == 1:
         raise UsageError("--lpips-images: expected 0 (off) or >= 2 images (LPIPS compares pairs), got 1")
-    if args.plot and not args.plot.endswith(".png"):
+    if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot: expected a .png path, got {args.plot!r}")
+    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        raise UsageError(f"--plot: the folder of {args.plot!r} does not exist")
     from .train.gan import evaluate_run, load_run
     if args.plot:
         run = load_run(args.run, args.checkpoint)
@@ -354,7 +357,7 @@ def _run_eval(args):
         from .data import dataset_from_config
         from .pipeline import plot_intra_fd
         data = dataset_from_config(run.config["dataset"])
-        plot_intra_fd(args.plot, {res["method"]: res}, list(data.class_counts),
+        plot_intra_fd(args.plot, {res["method"]: res}, list(run.config.get("class_counts") or data.class_counts),
                       list(getattr(data, "classes", range(data.num_classes))))
     print(json.dumps(res))
     return 0
@@ -484,15 +487,17 @@ def _configure_demo(p):
 
     def default(value):
         return f"(default: the preset's; {value} in the default preset)"
-    p.add_argument("--steps", type=int, default=None, help="GAN steps per method " + default(d["gan"]["steps"]))
-    p.add_argument("--classifier-epochs", type=float, default=None, help=default(d["classifier"]["epochs"]))
+    p.add_argument("--steps", type=int, default=None, help="cbgan section: GAN steps per method " + default(d["gan"]["steps"]))
+    p.add_argument("--classifier-epochs", type=float, default=None,
+                   help="cbgan section: epochs of the classifier in the loop " + default(d["classifier"]["epochs"]))
     p.add_argument("--annotator-epochs", type=float, default=None, help=default(d["annotator"]["epochs"]))
-    p.add_argument("--gan-width", type=float, default=None, help=default(d["gan"]["width"]))
-    p.add_argument("--final-samples", type=int, default=None, help=default(d["final_samples"]))
+    p.add_argument("--gan-width", type=float, default=None, help="cbgan section " + default(d["gan"]["width"]))
+    p.add_argument("--final-samples", type=int, default=None, help="cbgan section " + default(d["final_samples"]))
     p.add_argument("--weighting", default=None, choices=("paper", "official"),
                    help="CB weighting " + default(d["gan"]["weighting"]))
     p.add_argument("--lam", type=float, default=None, help="CB λ " + default(d["gan"]["lam"]))
-    p.add_argument("--methods", default=None, help="comma-separated methods (default: those of the main job)")
+    p.add_argument("--methods", default=None,
+                   help="cbgan section: comma-separated methods (default: those of the main job)")
     p.add_argument("--sections", default="cbgan,bagan,softlabel",
                    help="comma-separated parts: cbgan (the main-job methods on the long-tailed data), bagan (BAGAN "
                         "vs ACGAN vs the minority-only GAN with one class dropped, and the augmented-classifier test) "
@@ -503,8 +508,9 @@ def _configure_demo(p):
     p.add_argument("--threads", type=int, default=None)
 
 
-@subcommand("demo", help="the main job: classifier in the loop, annotator, then every main-job method on "
-            "long-tailed Fashion-MNIST (rho=100), then a report with the metrics side by side",
+@subcommand("demo", help="the main job: an annotator, then its sections (CBGAN and its baseline on long-tailed "
+            "Fashion-MNIST, rho=100, with the classifier in the loop; BAGAN vs ACGAN vs the minority-only GAN; "
+            "Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN on the lognormal profile), then a report",
             configure=_configure_demo)
 def _run_demo(args):
     positive = float_check(0, lo_open=True)
@@ -517,6 +523,11 @@ def _run_demo(args):
         bad = [m for m in methods if m not in method_names()]
         if bad or not methods:
             raise UsageError(f"--methods: expected names among {', '.join(method_names())}, got {args.methods!r}")
+        from .train.methods import get_method
+        own = [m for m in methods if get_method(m).needs_soft_labels or m in ("bagan", "acgan", "minority-gan")]
+        if own:
+            raise UsageError(f"--methods: {', '.join(own)} run in their own section (--sections bagan / softlabel), "
+                             "not among the cbgan section's methods")
     seeds = None
     if args.seeds:
         try:
@@ -529,6 +540,8 @@ def _run_demo(args):
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
     if not sections or any(x not in SECTIONS for x in sections):
         raise UsageError(f"--sections: expected names among {', '.join(SECTIONS)}, got {args.sections!r}")
+    if methods and "cbgan" not in sections:
+        raise UsageError("--methods: picks the cbgan section's methods, and --sections has no cbgan")
     kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)

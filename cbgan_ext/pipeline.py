@@ -102,11 +102,26 @@ def _log(msg):
 
 
 def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads):
-    done = os.path.exists(path) and torch.load(path, map_location="cpu", weights_only=False).get("finished", False)
-    if not done:
+    state = torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+    if state is not None and state.get("finished", False):
+        _check_finished_classifier(path, state, dict(dataset=dataset, imbalance_ratio=imbalance,
+                                                     image_size=image_size, seed=seed, **settings))
+    else:
         train_classifier(path, resume=os.path.exists(path), progress=True, threads=threads, dataset=dataset,
                          imbalance_ratio=imbalance, image_size=image_size, seed=seed, **settings)
     return load_classifier(path)
+
+
+def _check_finished_classifier(path, state, settings):
+    """A finished classifier of other settings is refused, naming the keys (a key its checkpoint predates counts
+    as its default), as a resume of an unfinished one is."""
+    from .train.classifier import _RESUME_KEYS, _default_config
+    from .train.loop import ConfigMismatchError
+    want, have = _default_config(**settings), state.get("train_config") or {}
+    diff = [k for k in (*_RESUME_KEYS, "epochs", "drw_epoch") if have.get(k, want[k]) != want[k]]
+    if diff:
+        what = ", ".join(f"{k}: {have.get(k)!r} there, {want[k]!r} now" for k in diff)
+        raise ConfigMismatchError(f"{path} holds a finished classifier of other settings ({what}); use another --out")
 
 
 def resolve_config(preset="default", *, steps=None, classifier_epochs=None, annotator_epochs=None, gan_width=None,
@@ -150,10 +165,12 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
     os.makedirs(out, exist_ok=True)
     t0 = time.time()
 
-    _log(f"1/5 data: {cfg['dataset']} ρ={cfg['imbalance']:g} at {cfg['image_size']}px (preset {preset}, seed {seed})")
+    _log(f"1/5 data: {cfg['dataset']} at {cfg['image_size']}px (preset {preset}, seed {seed}, sections "
+         f"{', '.join(cfg['sections'])})")
     train = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
                         seed=seed)
-    _log(f"    long-tailed train counts {list(train.class_counts)}")
+    if "cbgan" in cfg["sections"]:
+        _log(f"    long-tailed (ρ={cfg['imbalance']:g}) train counts {list(train.class_counts)}")
 
     clf = None
     if "cbgan" in cfg["sections"]:
@@ -171,7 +188,9 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
              "CBGAN balances only as well as it classifies")
 
     g = cfg["gan"]
-    evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
+    evaluator = None
+    if "cbgan" in cfg["sections"]:
+        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
     results = {}
     for i, method in enumerate(cfg["methods"] if "cbgan" in cfg["sections"] else ()):
         _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
@@ -224,15 +243,9 @@ def bagan_section(out, cfg, seed, progress=True):
         trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, ae_steps=b["ae_steps"], **b["gan"])
         trainer.config.update(annotator=ann_path)
         trainer.run()
-        path = os.path.join(d, "eval.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                evals[method] = json.load(f)
-        else:
-            evals[method] = evaluate_run(d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator")
-            with open(path + ".tmp", "w") as f:
-                json.dump(evals[method], f)
-            os.replace(path + ".tmp", path)
+        key = dict(step=trainer.step, annotator_sha256=_file_sha256(ann_path), n=b["eval_samples"])
+        evals[method] = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
+            d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
         fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
         torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
                                      normalize=True, value_range=(-1, 1))
@@ -301,25 +314,48 @@ def softlabel_section(out, cfg, seed, threads=None, progress=True):
                              soft_labels=soft if needs else None, **sl["gan"])
         trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
         trainer.run()
-        path = os.path.join(md, "eval.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                evals[method] = json.load(f)
-        else:
-            evals[method] = _softlabel_eval(md, ann_path, sl)
-            with open(path + ".tmp", "w") as f:
-                json.dump(evals[method], f)
-            os.replace(path + ".tmp", path)
+        key = dict(step=trainer.step, annotator_sha256=_file_sha256(ann_path), n=sl["eval_samples"],
+                   lpips_images=sl["lpips_images"])
+        evals[method] = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
         fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
         torchvision.utils.save_image(fakes, os.path.join(d, f"samples_{method}.png"), nrow=10, normalize=True,
                                      value_range=(-1, 1))
         r = evals[method]
-        _log(f"    {method}: FD-annotator {r['fd']:.2f}, intra-FD {r['intra_fd_mean']:.2f} ± {r['intra_fd_std']:.2f}, "
-             f"class consistency {r['class_consistency']:.3f}")
+        _log(f"    {method}: FD-annotator {_fmt(r['fd'])}, intra-FD {_fmt(r.get('intra_fd_mean'))} ± "
+             f"{_fmt(r.get('intra_fd_std'))}, class consistency {_fmt(r.get('class_consistency'), 3)}")
     classes = list(getattr(data, "classes", range(data.num_classes)))
     plot_intra_fd(os.path.join(d, "intra_fd.png"), evals, list(data.class_counts), classes)
     return {"eval": evals, "class_counts": list(data.class_counts), "classes": [str(c) for c in classes],
             "soft_label_classifier": clf_acc, "settings": sl}
+
+
+def _fmt(v, digits=2):
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _file_sha256(path):
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_eval(path, key, compute):
+    """The metrics in ``path`` when they were computed for ``key`` (the run's step, the annotator's digest, the
+    sample counts), else computed again and stored: a replaced annotator or an extended run is never reported
+    with old numbers."""
+    if os.path.exists(path):
+        with open(path) as f:
+            res = json.load(f)
+        if res.get("eval_key") == key:
+            return res
+    res = dict(compute(), eval_key=key)
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f)
+    os.replace(path + ".tmp", path)
+    return res
 
 
 def _softlabel_eval(run_dir, ann_path, sl):
@@ -356,9 +392,11 @@ def minor_classes(class_counts, n=3):
 
 
 def _minor_intra_fd(sl, method):
-    fds = [sl["eval"][method]["intra_fd"][k] for k in minor_classes(sl["class_counts"])]
-    fds = [v for v in fds if v is not None]
-    return statistics.fmean(fds) if fds else math.nan
+    """Mean intra-FD over the 3 smallest classes; NaN unless all three are known (methods are compared on the
+    same classes)."""
+    fds = [(sl["eval"][method].get("intra_fd") or [None] * len(sl["class_counts"]))[k]
+           for k in minor_classes(sl["class_counts"])]
+    return math.nan if None in fds else statistics.fmean(fds)
 
 
 def _softlabel_lines(sl):
@@ -368,7 +406,8 @@ def _softlabel_lines(sl):
     lines = ["", f"## Softlabel section ({sl['settings']['profile']} profile; training counts {counts})", "",
              f"BigGAN-32 at width {g['width']}, {g['steps']} G steps with {g['n_dis']} D steps each, batch "
              f"{g['batch_size']}, EMA {g['ema_decay']} from step {g['ema_start']}; the final EMA generator of each "
-             f"method, {sl['settings']['eval_samples']} samples (as many per class). Soft labels: a ResNet trained with "
+             f"method, {sl['settings']['eval_samples']} samples ({sl['settings']['eval_samples'] // len(counts)} a "
+             f"class). Soft labels: a ResNet trained with "
              f"CE − 0.3·H, balanced test accuracy {(a.get('balanced_accuracy') or math.nan) * 100:.1f}%.", "",
              "| method | FD-annotator ↓ | intra-FD ↓ (mean ± sd over classes) | intra-FD, 3 smallest classes ↓ | "
              "class consistency ↑ | precision | recall | density | coverage | intra-P / R / D / C | LPIPS ↑ | "
@@ -378,11 +417,10 @@ def _softlabel_lines(sl):
 
         def f(d, k):
             return "n/a" if d.get(k) is None else f"{d[k]:.3f}"
-        minor_fd = _minor_intra_fd(sl, m)
         lp = "skipped" if "lpips" not in r else f"{r['lpips']:.3f}"
         ilp = "skipped" if "intra_lpips_mean" not in r else f"{r['intra_lpips_mean']:.3f} ± {r['intra_lpips_std']:.3f}"
-        lines.append(f"| {m} | {r['fd']:.2f} | {r['intra_fd_mean']:.2f} ± {r['intra_fd_std']:.2f} | {minor_fd:.2f} | "
-                     f"{r['class_consistency']:.3f} | {f(p, 'precision')} | {f(p, 'recall')} | {f(p, 'density')} | "
+        lines.append(f"| {m} | {_fmt(r['fd'])} | {_fmt(r.get('intra_fd_mean'))} ± {_fmt(r.get('intra_fd_std'))} | "
+                     f"{_fmt(_minor_intra_fd(sl, m))} | {_fmt(r.get('class_consistency'), 3)} | {f(p, 'precision')} | {f(p, 'recall')} | {f(p, 'density')} | "
                      f"{f(p, 'coverage')} | {' / '.join(f(ip, k) for k in ('precision', 'recall', 'density', 'coverage'))} "
                      f"| {lp} | {ilp} |")
     skipped = next((r["lpips_skipped"] for r in ev.values() if "lpips_skipped" in r), None)
@@ -393,7 +431,7 @@ def _softlabel_lines(sl):
               "| class | training images | " + " | ".join(ev) + " |", "| --- | --- |" + " --- |" * len(ev)]
     for k in order:
         lines.append(f"| {classes[k]} | {counts[k]} | " + " | ".join(
-            "n/a" if r["intra_fd"][k] is None else f"{r['intra_fd'][k]:.2f}" for r in ev.values()) + " |")
+            _fmt((r.get("intra_fd") or [None] * len(counts))[k]) for r in ev.values()) + " |")
     lines += ["", "Samples (column k: class k): " + ", ".join(f"[{m}](softlabel/samples_{m}.png)" for m in ev)]
     return lines
 
@@ -532,7 +570,8 @@ def write_summary(out, per_seed):
     if all(per_seed[s].get("softlabel") for s in seeds):
         for m in first["softlabel"]["eval"]:
             for key, label in (("fd", "FD-annotator ↓"), ("intra_fd_mean", "intra-FD mean ↓"),
-                               ("class_consistency", "class consistency ↑"), ("intra_lpips_mean", "intra-LPIPS ↑")):
+                               ("class_consistency", "class consistency ↑"), ("lpips", "LPIPS ↑"),
+                               ("intra_lpips_mean", "intra-LPIPS ↑")):
                 vals = [per_seed[s]["softlabel"]["eval"][m].get(key) for s in seeds]
                 if None not in vals:
                     rows.append((f"Softlabel section: {m} {label}", vals))
@@ -544,6 +583,7 @@ def write_summary(out, per_seed):
         if all(name in per_seed[s]["classifiers"] for s in seeds):
             rows.append((f"{name} balanced accuracy", [per_seed[s]["classifiers"][name]["balanced_accuracy"]
                                                        for s in seeds]))
+    rows = [(label, vals) for label, vals in rows if not any(v is None or math.isnan(v) for v in vals)]
     lines = [f"# Main job over seeds {', '.join(map(str, seeds))} (preset {first['config']['preset']})", "",
              "| quantity | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd | min – max |",
              "| --- |" + " --- |" * (len(seeds) + 3)]

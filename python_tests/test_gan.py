@@ -560,3 +560,8 @@ def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(t
     assert sum(res["histogram"]) == 30 and res["fd_name"] == "FD-annotator" and res["step"] == 2
     cfg = json.load(open(run / "config.json"))
     assert cfg["dataset"]["profile"] == "lognormal"
+    # --plot is for conditional runs, and a bad path is refused before any work
+    assert cli.main(["eval", "--run", str(run), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "is unconditional" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
+    assert cli.main(["eval", "--run", str(run), "--plot", str(tmp_path / "no" / "p.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err

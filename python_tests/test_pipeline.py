@@ -77,6 +77,13 @@ def test_softlabel_section_alone_skips_cbgan_classifier(tmp_path):
     assert not (out / "classifier.pt").exists() and (out / "softlabel" / "softlabel_classifier.pt").exists()
     report = open(out / "report.md").read()
     assert "## Softlabel section" in report and "## CBGAN section" not in report
+    cfg = pipeline.resolve_config("tiny")
+    clf = dict(dataset=cfg["dataset"], imbalance=cfg["imbalance"], image_size=cfg["image_size"], seed=0, threads=1)
+    settings = dict(cfg["softlabel"]["classifier"], profile="exp")
+    pipeline._classifier(str(out / "softlabel" / "softlabel_classifier.pt"), settings=settings, **clf)  # finished
+    with pytest.raises(ValueError, match="finished classifier of other settings .*epochs: 1 there, 3 now"):
+        pipeline._classifier(str(out / "softlabel" / "softlabel_classifier.pt"), settings=dict(settings, epochs=3),
+                             **clf)
 
 
 def _third_party_imports():
@@ -106,3 +113,47 @@ def test_setup_declares_every_third_party_import():
         assert mod in dist, f"cbgan_ext imports {mod}: add it to setup.py and to this map"
         assert dist[mod] in declared or dist[mod] in extras, f"{dist[mod]} is not declared in setup.py"
     assert not any(d.startswith("torch") for d in declared)
+
+
+def test_softlabel_report_orders_classes_by_training_count_and_survives_missing_values(tmp_path):
+    counts = [5, 50, 1, 20]
+    ev = {"softlabel-gan": {"fd": 3.0, "intra_fd": [1.0, 2.0, 3.0, 4.0], "intra_fd_mean": 2.5, "intra_fd_std": 1.1,
+                            "class_consistency": 0.5, "lpips_skipped": "LPIPS skipped: no weights"},
+          "diffaug-gan": {"fd": 4.0, "intra_fd": [None, 2.0, 3.0, None], "intra_fd_mean": None,
+                          "intra_fd_std": None, "class_consistency": None}}
+    assert pipeline.minor_classes(counts) == [2, 0, 3]
+    sl = {"class_counts": counts, "classes": ["a", "b", "c", "d"], "eval": ev, "soft_label_classifier": {},
+          "settings": {"profile": "lognormal", "eval_samples": 40, "gan": pipeline._SOFTLABEL["gan"]}}
+    lines = pipeline._softlabel_lines(sl)
+    rows = [line for line in lines if line.startswith("| ") and line.split(" | ")[0][2:] in "abcd"]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["b", "d", "a", "c"]  # largest class first
+    assert rows[0] == "| b | 50 | 2.00 | 2.00 |" and rows[2] == "| a | 5 | 1.00 | n/a |"
+    table = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| softlabel-gan") or
+             line.startswith("| diffaug-gan")}
+    assert " | 2.67 | " in table["softlabel-gan"]  # intra-FD of classes 2, 0, 3: (3 + 1 + 4) / 3
+    assert "n/a ± n/a | n/a | n/a |" in table["diffaug-gan"]  # a class unknown: no minor-class mean
+    assert "LPIPS skipped: no weights." in lines
+    pipeline.plot_intra_fd(str(tmp_path / "p.png"), ev, counts, sl["classes"])
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_cached_eval_recomputes_when_its_key_changes(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"fd": float(len(calls))}
+    path = str(tmp_path / "eval.json")
+    key = dict(step=10, annotator_sha256="ab", n=100)
+    assert pipeline._cached_eval(path, key, compute)["fd"] == 1.0
+    assert pipeline._cached_eval(path, dict(key), compute)["fd"] == 1.0 and len(calls) == 1
+    assert pipeline._cached_eval(path, dict(key, step=20), compute)["fd"] == 2.0  # the run was extended
+    assert pipeline._cached_eval(path, dict(key, step=20, annotator_sha256="cd"), compute)["fd"] == 3.0
+
+
+def test_demo_refuses_methods_of_other_sections(capsys):
+    assert cli.main(["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--methods", "softlabel-gan"]) == 2
+    assert "run in their own section" in capsys.readouterr().err
+    assert cli.main(["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--methods", "gan",
+                     "--sections", "softlabel"]) == 2
+    assert "--sections has no cbgan" in capsys.readouterr().err

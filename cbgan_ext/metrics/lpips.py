@@ -1,5 +1,7 @@
 """LPIPS diversity, Softlabel-GAN's LPIPS and intra-LPIPS: the mean LPIPS distance over every pair i < j of n
-generated images (the released evaluation: AlexNet LPIPS, 100 images, overall and per class; higher is more varied).
+generated images (higher is more varied). As the released evaluation: AlexNet LPIPS, all pairs, 100 images overall
+and per class; unlike it, exactly 100 images (it takes whole batches) and, overall, balanced labels (it draws them
+at random).
 
 torchmetrics' LPIPS carries its own linear layers, but its AlexNet backbone is torchvision's pretrained one, which
 this package never downloads: without those weights in torch's hub cache the metric is skipped with a reason.
@@ -39,10 +41,12 @@ class LPIPSDiversity:
         self.device, self.batch = torch.device(device), int(batch)
 
     @torch.no_grad()
-    def pair_distances(self, a, b):
+    def pair_distances(self, images, i, j):
+        """LPIPS(images[i[p]], images[j[p]]) for each p; pairs are gathered a batch at a time (all pairs of 100
+        images at 128 px would take ~2 GB)."""
         out = []
-        for i in range(0, a.shape[0], self.batch):
-            x, y = (t[i:i + self.batch].to(self.device).float() for t in (a, b))
+        for s in range(0, len(i), self.batch):
+            x, y = (images[t[s:s + self.batch]].to(self.device).float() for t in (i, j))
             if x.shape[1] == 1:
                 x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
             out.append(self.net(x, y).reshape(-1).cpu())
@@ -53,4 +57,4 @@ class LPIPSDiversity:
         if n < 2:
             raise ValueError(f"LPIPSDiversity: needs >= 2 images, got {n}")
         i, j = torch.triu_indices(n, n, offset=1)
-        return float(self.pair_distances(images[i], images[j]).double().mean())
+        return float(self.pair_distances(images, i, j).double().mean())

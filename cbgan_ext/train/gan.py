@@ -29,9 +29,10 @@ from .loop import EMA, TrainLoop
 from .methods import get_method, method_names
 
 PAPER_LAMBDA = {100.0: 10.0, 10.0: 7.5, 1.0: 5.0}  # supplementary Table 1 (CIFAR-10)
-# Settings that change what is logged or evaluated, not the weights: a resume may change them.
-_LOOP_ONLY = ("steps", "annotator", "max_minutes", "eval_every", "eval_samples", "sample_every", "ckpt_every",
-              "log_every", "fid")
+# Settings that change what is logged or evaluated, not the weights: a resume may change them. The soft labels'
+# path is a name only; their content is pinned by soft_labels_sha256.
+_LOOP_ONLY = ("steps", "annotator", "soft_labels", "max_minutes", "eval_every", "eval_samples", "sample_every",
+              "ckpt_every", "log_every", "fid")
 
 
 def paper_lambda(imbalance_ratio):
