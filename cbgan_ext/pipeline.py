@@ -260,9 +260,10 @@ def _bagan_lines(bagan):
     lines = ["", f"## BAGAN section (minority class {', '.join(map(str, m))}; training counts {bagan['class_counts']})",
              "", "Generated images (final EMA generators): how often the annotator names the class asked for, and "
              "SSIM of random pairs within a class (lower is more varied; real pairs are the paper's reference).", "",
-             "| method | minority accuracy | mean class accuracy | SSIM fake pairs (minority) | SSIM real pairs "
-             "(minority) | SSIM fake to nearest real (minority) | SSIM real to nearest real (minority) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | minority accuracy | mean class accuracy | intra-FD (minority, vs its test images) | "
+             "SSIM fake pairs (minority) | SSIM real pairs (minority) | SSIM fake to nearest real (minority) | "
+             "SSIM real to nearest real (minority) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     k = m[0]
     for method, r in bagan["eval"].items():
         acc = r.get("class_accuracy") or []
@@ -272,7 +273,8 @@ def _bagan_lines(bagan):
         def at(key):
             v = (ss.get(key) or [None] * (k + 1))[k]
             return "n/a" if v is None else f"{v:.3f}"
-        lines.append(f"| {method} | {acc[k]:.3f} | {sum(known) / max(len(known), 1):.3f} | {at('fake_pairs')} | "
+        lines.append(f"| {method} | {acc[k]:.3f} | {sum(known) / max(len(known), 1):.3f} | "
+                     f"{_fmt((r.get('intra_fd') or [None] * (k + 1))[k])} | {at('fake_pairs')} | "
                      f"{at('real_pairs')} | {at('fake_to_nearest_real')} | {at('real_to_nearest_real')} |")
     lines += ["", "Classifier trained on the training set rebalanced with each source of minority images "
               "(random crops, no flips):", "", "| rows | added images | minority-class test accuracy | "

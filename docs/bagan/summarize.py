@@ -59,7 +59,9 @@ for label, fn in (("generated T-shirt/top labelled T-shirt/top (annotator)", lam
                   ("SSIM of real T-shirt pairs (reference)", lambda e: ssim_at(e, "real_pairs")),
                   ("SSIM generated T-shirt to nearest real", lambda e: ssim_at(e, "fake_to_nearest_real")),
                   ("SSIM real T-shirt to nearest other real", lambda e: ssim_at(e, "real_to_nearest_real")),
-                  ("FD-annotator (all classes, vs balanced test)", lambda e: e["fd"])):
+                  ("FD-annotator (all classes, vs balanced test)", lambda e: e["fd"]),
+                  ("intra-FD of generated T-shirts (vs the T-shirt test images)",
+                   lambda e: (e.get("intra_fd") or [None])[0])):
     lines.append(f"| **{label}** | | |" + " |" * (len(seeds) - 1))
     for m, per in rows.items():
         vals = [fn(per[s]) if s in per else None for s in seeds]
