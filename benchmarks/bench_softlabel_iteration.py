@@ -2,7 +2,8 @@
 labels for the reals, DiffAugment translation,cutout on [fake; real] and on the G step's fakes, EMA of G):
 ``GANTrainer.train_step`` with the package's fused ops against the same networks, weights and losses on plain
 PyTorch ops (``torch.nn.utils.spectral_norm``, ``cbgan_ext.reference.diff_augment``, the projection as
-``(embed(y) * h).sum(1)``).
+``(embed(y) * h).sum(1)``), with D's inputs in the same memory format on both sides (NCHW, or channels_last
+as ``--d-channels-last``).
 
 The two are timed interleaved in one process (the order alternating each round); ``plain_over_fused`` in
 extra_info is the ratio of medians. ``test_iteration_breakdown`` records where the fused iteration's time goes
@@ -27,6 +28,9 @@ from _data import RandomImages
 
 B, K, N_DIS, POLICY = 64, 10, 4, "translation,cutout"
 ROUNDS = {0.125: 12, 1.0: 2}
+# D's memory format, the same on both sides: the reference DiffAugment returns channels_last (its translation
+# permutes), which alone made D's average pooling several times faster than in NCHW.
+CASES = [(0.125, "nchw"), (0.125, "channels_last"), (1.0, "nchw")]
 
 
 def _soft_table(n):
@@ -34,10 +38,11 @@ def _soft_table(n):
     return torch.softmax(torch.randn(n, K, generator=g) * 2, 1)
 
 
-def _trainer(width):
+def _trainer(width, layout="nchw"):
     data = RandomImages(channels=3)
     return GANTrainer(data, tempfile.mkdtemp(), method="softlabel-gan", soft_labels=_soft_table(len(data)), width=width,
-                      batch_size=B, n_dis=N_DIS, policy=POLICY, progress=False, seed=0)
+                      batch_size=B, n_dis=N_DIS, policy=POLICY, progress=False, seed=0,
+                      d_channels_last=layout == "channels_last")
 
 
 def _plain_layer(m):
@@ -81,9 +86,13 @@ def to_plain(model):
     return model
 
 
-def plain_step(width):
+def plain_step(width, layout="nchw"):
     """The iteration of ``GANTrainer.train_step`` for softlabel-gan, written out on plain ops."""
     t = _trainer(width)  # for its freshly built models, data and streams
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def augment(x):
+        return reference.diff_augment(x, POLICY, generator=ag).contiguous(memory_format=fmt)
     G, D = to_plain(t.G), to_plain(t.D)
     s = t.settings
     opt_g = torch.optim.Adam(G.parameters(), lr=s["lr"], betas=(s["beta1"], s["beta2"]))
@@ -105,13 +114,13 @@ def plain_step(width):
             real, real_y = t.images[idx], soft[idx]
             with torch.no_grad():
                 fake, fake_y = fakes(B)
-            fake, real = reference.diff_augment(torch.cat([fake, real]), POLICY, generator=ag).split([B, B])
+            fake, real = augment(torch.cat([fake, real])).split([B, B])
             loss_d = F.relu(1 - D(real, real_y)).mean() + F.relu(1 + D(fake, fake_y)).mean()
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
         fake, fake_y = fakes(B)
-        loss_g = -D(reference.diff_augment(fake, POLICY, generator=ag), fake_y).mean()
+        loss_g = -D(augment(fake), fake_y).mean()
         metrics = {"loss_d": loss_d.item(), "loss_g": loss_g.detach().item()}
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -121,8 +130,8 @@ def plain_step(width):
     return step
 
 
-def fused_step(width):
-    t = _trainer(width)
+def fused_step(width, layout="nchw"):
+    t = _trainer(width, layout)
     counter = iter(range(10 ** 9))
     return lambda: t.train_step(next(counter))
 
@@ -141,21 +150,22 @@ def test_plain_network_equals_fused():
     torch.testing.assert_close(Gp(z, yh), t.G(z, yh), rtol=1e-4, atol=1e-4)
 
 
-def test_plain_step_matches_fused_losses():
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_plain_step_matches_fused_losses(layout):
     """The twin is the same iteration: the same streams, D steps, augmentation, losses (to float rounding)."""
-    a, b = fused_step(0.125), plain_step(0.125)
+    a, b = fused_step(0.125, layout), plain_step(0.125, layout)
     for _ in range(2):
         ma, mb = a(), b()
         assert ma["loss_d"] == pytest.approx(mb["loss_d"], rel=2e-3, abs=1e-3)
         assert ma["loss_g"] == pytest.approx(mb["loss_g"], rel=2e-3, abs=1e-3)
 
 
-@pytest.mark.parametrize("width", sorted(ROUNDS))
-def test_softlabel_iteration_interleaved(benchmark, width):
-    benchmark.group = f"softlabel-gan iteration cpu biggan32 w{width} B={B} n_dis={N_DIS}"
+@pytest.mark.parametrize("width,layout", CASES)
+def test_softlabel_iteration_interleaved(benchmark, width, layout):
+    benchmark.group = f"softlabel-gan iteration cpu biggan32 w{width} {layout} B={B} n_dis={N_DIS}"
     benchmark.extra_info.update(op="softlabel_iteration_interleaved", impl="interleaved", device="cpu",
-                                shape=f"w{width},B={B}", threads=torch.get_num_threads())
-    a, b = fused_step(width), plain_step(width)
+                                shape=f"w{width},{layout},B={B}", threads=torch.get_num_threads())
+    a, b = fused_step(width, layout), plain_step(width, layout)
     ta, tb = [], []
 
     def pair():

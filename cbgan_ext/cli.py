@@ -242,6 +242,8 @@ def _configure_train(p):
                    help=OPTIONS["cb_reg"].help)
     p.add_argument("--d-sn", dest="d_sn", default=None, action=argparse.BooleanOptionalAction,
                    help=OPTIONS["d_sn"].help)
+    p.add_argument("--d-channels-last", dest="d_channels_last", default=None, action=argparse.BooleanOptionalAction,
+                   help=OPTIONS["d_channels_last"].help)
     for key, o in OPTIONS.items():
         if not o.flag or key == "seed":
             continue

@@ -233,3 +233,21 @@ def test_train_step_gives_d_each_real_images_own_soft_label(tmp_path):
         flat = data.images.flatten(1)
         idx = [int(torch.nonzero((flat == x.flatten()).all(1)).flatten()[0]) for x in real]
         assert torch.equal(real_y, table[idx])  # the row of that very image, through the whole step
+
+
+@pytest.mark.parametrize("policy", ["translation,cutout", ""])
+def test_d_channels_last_feeds_d_channels_last_and_computes_the_same_losses(tmp_path, policy):
+    seen = []
+    a = _trainer(tmp_path / "a", steps=2, policy=policy)
+    b = _trainer(tmp_path / "b", steps=2, policy=policy, d_channels_last=True)
+    b.D.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    for step in range(2):
+        ma, mb = a.train_step(step), b.train_step(step)
+        # Adam's normalised steps turn float rounding into lr-sized weight differences, so compare losses
+        assert mb["loss_d"] == pytest.approx(ma["loss_d"], rel=1e-3, abs=1e-4)
+        assert mb["loss_g"] == pytest.approx(ma["loss_g"], rel=1e-3, abs=1e-4)
+    assert len(seen) == 18 and all(seen)  # every D call: 2 steps x (4 D steps x (real, fake) + the G step)
+    assert b.config["d_channels_last"] is True and a.config["d_channels_last"] is False
+    a.run()
+    with pytest.raises(ValueError, match="d_channels_last"):  # a resume with the other layout is refused
+        _trainer(tmp_path / "a", steps=3, policy=policy, d_channels_last=True).run()

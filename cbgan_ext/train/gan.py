@@ -80,7 +80,8 @@ def check_classifier(model, x, num_classes, what):
 
 class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
-    settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "ae_steps": 1000,
+    settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
+                            "ae_steps": 1000,
                             "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
@@ -201,9 +202,10 @@ class GANTrainer(TrainLoop):
         return (self.G_step(z, y) if self.method.conditional else self.G_step(z)), y
 
     def _augment(self, x):
-        if not self.policy:
-            return x
-        return diff_augment(x, self.policy, generator=self.aug_rng.gen)
+        """D's view of a batch: DiffAugment (when a policy is set), in D's memory format."""
+        if self.policy:
+            x = diff_augment(x, self.policy, generator=self.aug_rng.gen)
+        return x.contiguous(memory_format=torch.channels_last) if self.settings["d_channels_last"] else x
 
     def train_step(self, step):
         M, opt_g, opt_d = self.method, self.optimizers["G"], self.optimizers["D"]
@@ -214,6 +216,8 @@ class GANTrainer(TrainLoop):
                 fake, fake_y = self._fake_batch(self.n_fake_d)
             if self.policy:  # one call on [fake; real]: each image gets its own augmentation parameters
                 fake, real = self._augment(torch.cat([fake, real])).split([fake.shape[0], real.shape[0]])
+            else:
+                fake, real = self._augment(fake), self._augment(real)
             loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
