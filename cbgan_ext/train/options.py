@@ -89,10 +89,10 @@ OPTIONS = {
                         _choice("paper", "official")),
     "ema_decay": Option(0.9999, "EMA decay of the generator", float_check(0, 1)),
     "ema_start": Option(20000, "EMA starts (copies before)", int_check(0)),
-    "d_channels_last": Option(False, "D's inputs (so its activations) in channels_last memory format: on CPUs "
-                              "average pooling is several times faster there (BigGAN-32 at width 0.125: 1.12x a "
-                              "whole iteration); weights equal NCHW's up to float rounding", None, type=bool,
-                              flag=False),
+    "d_channels_last": Option(False, "D's inputs (so its activations) in channels_last memory format; CPU average "
+                              "pooling is several times faster there, but whole BigGAN-32 iterations measured 1.12x "
+                              "and 0.95x in two runs here: time it on your machine. Weights equal NCHW's up to float "
+                              "rounding", None, type=bool, flag=False),
     "d_sn": Option(None, "spectral norm on D (default: the architecture's: on, off for bagan)", None, type=bool,
                    flag=False),
     "ae_steps": Option(1000, "BAGAN: autoencoder steps (MSE, all training images) before the adversarial stage",
