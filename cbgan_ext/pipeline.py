@@ -25,7 +25,7 @@ import torchvision
 from .data import get_dataset
 from .metrics import inception_available
 from .models.classifier import load_classifier
-from .train.classifier import train_classifier
+from .train.classifier import _file_digest, train_classifier
 from .train.evaluate import Evaluator
 from .train.gan import GANTrainer
 from .train.methods import get_method, method_names
@@ -61,11 +61,15 @@ _SOFTLABEL = dict(profile="lognormal", eval_samples=5000, lpips_images=100,
 SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
 
 PRESETS = {
-    "default": dict(about="the recorded main job (docs/main-job, docs/bagan): the cbgan section about 40 minutes on 2 "
-                          "CPU cores; the bagan section took 103 minutes a seed at one thread, two seeds side by side", dataset="fashion-mnist", imbalance=100.0,
+    "default": dict(about="the recorded main job (docs/main-job, docs/bagan, docs/softlabel): the cbgan section about 40 "
+                          "minutes on 2 CPU cores; the bagan section took 103 minutes a seed at one thread, two seeds "
+                          "side by side; the softlabel section about 90 minutes a seed at one thread, three seeds side "
+                          "by side (about 40 minutes alone, from its step time)", dataset="fashion-mnist",
+                    imbalance=100.0,
                     image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000),
-    "quick": dict(about="a first look: the cbgan section about 12 minutes on 2 CPU cores, the bagan section (half the "
-                        "steps, 1 classifier epoch) untimed", dataset="fashion-mnist",
+    "quick": dict(about="a first look: the cbgan section about 12 minutes on 2 CPU cores; the bagan section (half the "
+                        "steps, 1 classifier epoch) and the softlabel section (300 steps, 10 classifier epochs) "
+                        "untimed", dataset="fashion-mnist",
                   imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
                   annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
@@ -243,7 +247,7 @@ def bagan_section(out, cfg, seed, progress=True):
         trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, ae_steps=b["ae_steps"], **b["gan"])
         trainer.config.update(annotator=ann_path)
         trainer.run()
-        key = dict(step=trainer.step, annotator_sha256=_file_sha256(ann_path), n=b["eval_samples"])
+        key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
         evals[method] = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
             d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
         fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
@@ -316,7 +320,7 @@ def softlabel_section(out, cfg, seed, threads=None, progress=True):
                              soft_labels=soft if needs else None, **sl["gan"])
         trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
         trainer.run()
-        key = dict(step=trainer.step, annotator_sha256=_file_sha256(ann_path), n=sl["eval_samples"],
+        key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=sl["eval_samples"],
                    lpips_images=sl["lpips_images"])
         evals[method] = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
         fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
@@ -333,15 +337,6 @@ def softlabel_section(out, cfg, seed, threads=None, progress=True):
 
 def _fmt(v, digits=2):
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _file_sha256(path):
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cached_eval(path, key, compute):
