@@ -1,14 +1,18 @@
 #!/bin/bash
-# The main job's Softlabel section over seeds 0, 1 and 2: bash run.sh DIR
-# Each seed ran in its own process with one thread, the three side by side on 2 cores; the annotator of each
-# seed is the main job's stage 3 (docs/main-job), copied in so that it is not trained again. The last command
-# finds every stage done and writes DIR/summary.md.
+# The main job's Softlabel section over seeds 0, 1 and 2, as recorded: bash run.sh DIR
+# Each seed ran in its own process with one thread, the three side by side on 2 cores. The annotator of each
+# seed is the recorded main job's stage 3 (docs/main-job; /tmp/final5 on the recording machine), copied in so
+# that it is not trained again; without it the section trains the same annotator itself (seed S + 1).
 set -euo pipefail
-D=$1; C=/work/main/.venv/bin/cbgan-ext
+D=$1; C=/work/main/.venv/bin/cbgan-ext; HERE=$(cd "$(dirname "$0")" && pwd)
 for S in 0 1 2; do
   mkdir -p $D/seed$S
-  [ -f $D/seed$S/annotator.pt ] || cp /tmp/final5/seed$S/annotator.pt $D/seed$S/
+  [ -f $D/seed$S/annotator.pt ] || [ ! -f /tmp/final5/seed$S/annotator.pt ] || cp /tmp/final5/seed$S/annotator.pt $D/seed$S/
   $C demo --sections softlabel --out $D/seed$S --seed $S --threads 1 > $D/seed$S.log 2>&1 &
 done
 wait
-$C demo --sections softlabel --out $D --seeds 0,1,2 --threads 2
+# the main job's own summary over the seeds (from each seed's results.json), then docs/softlabel's tables
+/work/main/.venv/bin/python -c "import json, sys; from cbgan_ext import pipeline; \
+print(pipeline.write_summary(sys.argv[1], {s: json.load(open(f'{sys.argv[1]}/seed{s}/results.json')) for s in (0, 1, 2)}))" $D
+/work/main/.venv/bin/python $HERE/summarize.py $D $HERE 0,1,2
+cp $D/summary.md $HERE/summary.md
