@@ -525,8 +525,8 @@ def _run_demo(args):
         bad = [m for m in methods if m not in method_names()]
         if bad or not methods:
             raise UsageError(f"--methods: expected names among {', '.join(method_names())}, got {args.methods!r}")
-        from .train.methods import get_method
-        own = [m for m in methods if get_method(m).needs_soft_labels or m in ("bagan", "acgan", "minority-gan")]
+        from .pipeline import BAGAN_METHODS, SOFTLABEL_METHODS
+        own = [m for m in methods if m in BAGAN_METHODS + SOFTLABEL_METHODS]
         if own:
             raise UsageError(f"--methods: {', '.join(own)} run in their own section (--sections bagan / softlabel), "
                              "not among the cbgan section's methods")
