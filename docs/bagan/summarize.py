@@ -3,6 +3,7 @@ import json, os, shutil, statistics, sys
 import torch, torchvision
 sys.path.insert(0, "/work/main")
 from cbgan_ext.train.gan import load_run
+from cbgan_ext import pipeline
 
 SRC, DST = sys.argv[1], sys.argv[2]
 seeds = [int(s) for s in sys.argv[3].split(",")]
@@ -40,9 +41,7 @@ def spread(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
         return "n/a"
-    m = statistics.fmean(vals)
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{m:.3f} ± {sd:.3f} ({min(vals):.3f}–{max(vals):.3f})"
+    return "{:.3f} ± {:.3f} ({:.3f}–{:.3f})".format(*pipeline._spread(vals))  # the main job's summary statistics
 
 
 def ssim_at(ev, key, k=0):

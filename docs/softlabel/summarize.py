@@ -7,7 +7,6 @@ claim's per-seed checks. Methods missing in a seed are reported as missing, neve
 import json
 import os
 import shutil
-import statistics
 import sys
 
 import torch
@@ -54,9 +53,7 @@ def spread(vals):
     vals = [v for v in vals if v is not None]
     if not vals:
         return "n/a"
-    m = statistics.fmean(vals)
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{m:.3f} ± {sd:.3f} ({min(vals):.3f}–{max(vals):.3f})"
+    return "{:.3f} ± {:.3f} ({:.3f}–{:.3f})".format(*pipeline._spread(vals))  # the main job's summary statistics
 
 
 def get(s, m, fn):
