@@ -173,11 +173,10 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
          f"{', '.join(cfg['sections'])})")
     train = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
                         seed=seed)
-    if "cbgan" in cfg["sections"]:
-        _log(f"    long-tailed (ρ={cfg['imbalance']:g}) train counts {list(train.class_counts)}")
-
+    cbgan = "cbgan" in cfg["sections"]
     clf = None
-    if "cbgan" in cfg["sections"]:
+    if cbgan:
+        _log(f"    long-tailed (ρ={cfg['imbalance']:g}) train counts {list(train.class_counts)}")
         _log("2/5 classifier in the loop (long-tailed data)")
         clf = _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
                           image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
@@ -193,10 +192,10 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=Tru
 
     g = cfg["gan"]
     evaluator = None
-    if "cbgan" in cfg["sections"]:
+    if cbgan:
         evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
     results = {}
-    for i, method in enumerate(cfg["methods"] if "cbgan" in cfg["sections"] else ()):
+    for i, method in enumerate(cfg["methods"] if cbgan else ()):
         _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
         needs_clf = get_method(method).cb_regularizer
         trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
@@ -278,7 +277,7 @@ def _bagan_lines(bagan):
             v = (ss.get(key) or [None] * (k + 1))[k]
             return "n/a" if v is None else f"{v:.3f}"
         lines.append(f"| {method} | {acc[k]:.3f} | {sum(known) / max(len(known), 1):.3f} | "
-                     f"{_fmt((r.get('intra_fd') or [None] * (k + 1))[k])} | {at('fake_pairs')} | "
+                     f"{_fmt(_intra_fd_at(r, k))} | {at('fake_pairs')} | "
                      f"{at('real_pairs')} | {at('fake_to_nearest_real')} | {at('real_to_nearest_real')} |")
     lines += ["", "Classifier trained on the training set rebalanced with each source of minority images "
               "(random crops, no flips):", "", "| rows | added images | minority-class test accuracy | "
@@ -366,11 +365,11 @@ def plot_intra_fd(path, evals, class_counts, classes):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    order = sorted(range(len(class_counts)), key=lambda k: -class_counts[k])
+    order = by_count(class_counts)
     fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(order), 3.4))
     width = 0.8 / max(len(evals), 1)
     for j, (method, r) in enumerate(evals.items()):
-        vals = [(r.get("intra_fd") or [None] * len(order))[k] for k in order]
+        vals = [_intra_fd_at(r, k) for k in order]
         ax.bar([i + (j - (len(evals) - 1) / 2) * width for i in range(len(order))],
                [math.nan if v is None else v for v in vals], width, label=method, color=f"C{j}")
     ax.set_xticks(range(len(order)))
@@ -383,16 +382,25 @@ def plot_intra_fd(path, evals, class_counts, classes):
     plt.close(fig)
 
 
+def by_count(class_counts):
+    """Class indices, most training images first."""
+    return sorted(range(len(class_counts)), key=lambda k: -class_counts[k])
+
+
 def minor_classes(class_counts, n=3):
     """The n classes with the fewest training images."""
     return sorted(range(len(class_counts)), key=lambda k: class_counts[k])[:n]
 
 
+def _intra_fd_at(res, k):
+    """Intra-FD of class k in an evaluation, None when unknown."""
+    return (res.get("intra_fd") or [None] * (k + 1))[k]
+
+
 def _minor_intra_fd(sl, method):
     """Mean intra-FD over the 3 smallest classes; NaN unless all three are known (methods are compared on the
     same classes)."""
-    fds = [(sl["eval"][method].get("intra_fd") or [None] * len(sl["class_counts"]))[k]
-           for k in minor_classes(sl["class_counts"])]
+    fds = [_intra_fd_at(sl["eval"][method], k) for k in minor_classes(sl["class_counts"])]
     return math.nan if None in fds else statistics.fmean(fds)
 
 
@@ -416,19 +424,19 @@ def _softlabel_lines(sl):
             return "n/a" if d.get(k) is None else f"{d[k]:.3f}"
         lp = "skipped" if "lpips" not in r else f"{r['lpips']:.3f}"
         ilp = "skipped" if "intra_lpips_mean" not in r else f"{r['intra_lpips_mean']:.3f} ± {r['intra_lpips_std']:.3f}"
+        prdc_keys = ("precision", "recall", "density", "coverage")
         lines.append(f"| {m} | {_fmt(r['fd'])} | {_fmt(r.get('intra_fd_mean'))} ± {_fmt(r.get('intra_fd_std'))} | "
-                     f"{_fmt(_minor_intra_fd(sl, m))} | {_fmt(r.get('class_consistency'), 3)} | {f(p, 'precision')} | {f(p, 'recall')} | {f(p, 'density')} | "
-                     f"{f(p, 'coverage')} | {' / '.join(f(ip, k) for k in ('precision', 'recall', 'density', 'coverage'))} "
+                     f"{_fmt(_minor_intra_fd(sl, m))} | {_fmt(r.get('class_consistency'), 3)} | "
+                     + " | ".join(f(p, k) for k in prdc_keys) + f" | {' / '.join(f(ip, k) for k in prdc_keys)} "
                      f"| {lp} | {ilp} |")
     skipped = next((r["lpips_skipped"] for r in ev.values() if "lpips_skipped" in r), None)
     if skipped:
         lines += ["", skipped + "."]
-    order = sorted(range(len(counts)), key=lambda k: -counts[k])
     lines += ["", "Intra-FD per class (classes by training count):", "", "![intra-FD](softlabel/intra_fd.png)", "",
               "| class | training images | " + " | ".join(ev) + " |", "| --- | --- |" + " --- |" * len(ev)]
-    for k in order:
-        lines.append(f"| {classes[k]} | {counts[k]} | " + " | ".join(
-            _fmt((r.get("intra_fd") or [None] * len(counts))[k]) for r in ev.values()) + " |")
+    for k in by_count(counts):
+        lines.append(f"| {classes[k]} | {counts[k]} | " + " | ".join(_fmt(_intra_fd_at(r, k)) for r in ev.values())
+                     + " |")
     lines += ["", "Samples (column k: class k): " + ", ".join(f"[{m}](softlabel/samples_{m}.png)" for m in ev)]
     return lines
 
@@ -444,13 +452,9 @@ def _ratios(results):
 
 
 def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None, softlabel=None):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     classes = list(getattr(train, "classes", range(train.num_classes)))
     if results:
-        _histogram_figure(out, cfg, train, results, classes, plt)
+        _histogram_figure(out, cfg, train, results, classes)
     fid_note = ("clean-fid's Inception weights were found: FID is available with `cbgan-ext eval`"
                 if inception_available() else
                 "clean-fid's Inception weights are not available offline, so the Fréchet distance is computed "
@@ -483,7 +487,10 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None
     return path
 
 
-def _histogram_figure(out, cfg, train, results, classes, plt):
+def _histogram_figure(out, cfg, train, results, classes):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(results) + 1, figsize=(4 * (len(results) + 1), 3.2), sharey=False, squeeze=False)
     axes = axes[0]
     counts = torch.tensor(list(train.class_counts), dtype=torch.float64)
