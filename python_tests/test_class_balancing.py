@@ -15,7 +15,7 @@ def _eq7(logits, w):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B,K", [(1, 1), (7, 3), (64, 10), (256, 100), (256, 1010), (33, 2000)])
+@pytest.mark.parametrize("B,K", [(1, 1), (7, 3), (64, 10), (40, 16), (19, 17), (256, 100), (256, 1010), (33, 2000)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_forward_and_counts_match_reference(device, B, K, dtype):
     logits = (3 * torch.randn(B, K, dtype=torch.float64)).to(device, dtype)
@@ -30,7 +30,7 @@ def test_forward_and_counts_match_reference(device, B, K, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("B,K", [(5, 4), (64, 10), (256, 1010)])
+@pytest.mark.parametrize("B,K", [(5, 4), (64, 10), (19, 17), (256, 1010)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_backward_matches_reference(device, B, K, dtype):
     x = torch.randn(B, K, dtype=torch.float64, device=device)
@@ -169,3 +169,63 @@ def test_deterministic_across_thread_counts():
     w = torch.rand(50)
     a, b = at_one_and_many_threads(lambda: ops.class_balancing_loss(x, w))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("nan", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,K", [(7, 1), (64, 3), (37, 10), (64, 16)])
+def test_small_k_path_is_bit_identical_to_the_row_path(B, K, dtype, nan):
+    # Up to 16 classes the CPU kernel puts one row per SIMD lane; padded with -inf columns past 16, the same rows
+    # take the row-wise loop, and the two must agree bit for bit (recorded runs stay reproducible).
+    x = (3 * torch.randn(B, K)).to(dtype)
+    if nan:
+        x[1, K // 2] = float("nan")
+    w = torch.rand(K) + 0.1
+    pad = 33 - K
+    xp = torch.cat([x, torch.full((B, pad), float("-inf"), dtype=dtype)], 1)
+    wp = torch.cat([w, torch.ones(pad)])
+    op = torch.ops.cbgan_ext.class_balancing_loss_forward
+    loss, counts, probs, mean_probs = op(x, w)
+    loss_p, counts_p, probs_p, mean_probs_p = op(xp, wp)
+    assert torch.equal(probs.nan_to_num(-1.0), probs_p[:, :K].nan_to_num(-1.0))
+    assert torch.equal(counts, counts_p[:K]) and int(counts_p[K:].sum()) == 0
+    if nan:  # NaN in, NaN out; the row's argmax is the NaN's column, as torch.argmax
+        assert probs[1].isnan().all() and not probs[0].isnan().any()
+        assert mean_probs.isnan().all() and loss.isnan()
+        assert int(counts[K // 2]) >= 1
+    else:
+        assert torch.equal(mean_probs, mean_probs_p[:K]) and torch.equal(loss, loss_p)
+
+
+def test_forward_mode_ad_is_a_loud_error():
+    import torch.autograd.forward_ad as fwAD
+    w = torch.rand(10)
+    with fwAD.dual_level():
+        x = fwAD.make_dual(torch.randn(8, 10), torch.randn(8, 10))
+        with pytest.raises(RuntimeError, match="class_balancing_loss: forward-mode AD is not supported"):
+            ops.class_balancing_loss(x, w)
+
+
+def test_class_weights_are_constants():
+    x = torch.randn(8, 10, requires_grad=True)
+    w = (torch.rand(10) + 0.1).requires_grad_()
+    loss = ops.class_balancing_loss(x, w)
+    assert loss.requires_grad and loss.grad_fn.name() == "ClassBalancingLossBackward"
+    loss.backward()
+    assert w.grad is None and x.grad is not None
+    # only the weights require grad: the loss still has a history, and no gradient reaches them
+    loss = ops.class_balancing_loss(x.detach(), w)
+    assert loss.requires_grad
+    loss.backward()
+    assert w.grad is None
+
+
+def test_retain_graph_and_a_second_backward():
+    x = torch.randn(32, 10, requires_grad=True)
+    w = torch.rand(10) + 0.1
+    loss = ops.class_balancing_loss(x, w)
+    g1, = torch.autograd.grad(loss, x, retain_graph=True)
+    g2, = torch.autograd.grad(loss, x)
+    assert torch.equal(g1, g2)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(loss, x)
