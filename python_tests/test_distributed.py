@@ -260,6 +260,52 @@ def test_cbgan_steps_on_two_ranks_equal_one_process_on_the_same_global_batch(tmp
     assert not torch.allclose(one["G"]["linear.weight"], one["G0"]["linear.weight"], atol=1e-4)
 
 
+# ---- BAGAN's adversarial stage on 2 ranks -------------------------------------------------------------------
+
+BAGAN_SMALL = dict(method="bagan", width=0.125, batch_size=8, z_dim=8, ae_steps=3, sample_every=0, ckpt_every=2,
+                   progress=False)
+
+
+def _bagan_data():
+    from cbgan_ext.data import ImageDataset
+    g = torch.Generator().manual_seed(0)
+    counts = (40, 40, 40, 6)
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.randint(0, 256, (len(labels), 1, 16, 16), generator=g, dtype=torch.uint8)
+    return ImageDataset(images, labels, len(counts),
+                        config=dict(name="synthetic", profile="bagan", minority_class=3, drop_fraction=0.9))
+
+
+def _bagan_worker(rank, world, init, out, steps, tag):
+    _init(rank, world, init)
+    from cbgan_ext.train.gan import GANTrainer
+    t = GANTrainer(_bagan_data(), out, steps=steps, **BAGAN_SMALL)
+    t.run()
+    torch.save(dict(G=t.G.state_dict(), D=t.D.state_dict()), os.path.join(out, f"{tag}-rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bagan_adversarial_stage_on_two_ranks_stays_identical_and_resumes_exactly(tmp_path):
+    from cbgan_ext.train.gan import GANTrainer
+    whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    for out in (whole, split):  # the autoencoder and the class Gaussians: one process, as the trainer requires
+        GANTrainer(_bagan_data(), out, steps=0, **BAGAN_SMALL).run()
+    g_start = GANTrainer(_bagan_data(), whole, steps=0, **BAGAN_SMALL)
+    g_start.run()
+    decoder = {k: v.clone() for k, v in g_start.G.state_dict().items()}
+    _spawn(_bagan_worker, tmp_path / "rdzv-a", whole, 4, "end")
+    r0, r1 = (torch.load(os.path.join(whole, f"end-rank{r}.pt")) for r in range(WORLD))
+    assert _state_equal(r0["G"], r1["G"]) and _state_equal(r0["D"], r1["D"])  # no BatchNorm: every tensor one value
+    assert torch.equal(r0["G"]["class_chol"], decoder["class_chol"])  # the Gaussians are the one process's fit
+    assert any(not torch.equal(r0["G"][k], decoder[k]) for k in decoder if k.endswith("weight"))  # G moved
+    # 2 steps, stop, then resume to 4 on 2 ranks: the same weights as 4 steps at once
+    _spawn(_bagan_worker, tmp_path / "rdzv-b", split, 2, "half")
+    _spawn(_bagan_worker, tmp_path / "rdzv-c", split, 4, "end")
+    s0 = torch.load(os.path.join(split, "end-rank0.pt"))
+    assert _state_equal(s0["G"], r0["G"]) and _state_equal(s0["D"], r0["D"])
+
+
 # ---- torchrun --------------------------------------------------------------------------------------------
 
 def _torchrun(args, cwd, **kw):
@@ -291,6 +337,27 @@ def _worker_pids(parent):
 TRAIN = ["train", "--dataset", "digits", "--imbalance", "10", "--image-size", "32", "--method", "gan",
          "--width", "0.125", "--batch-size", "16", "--steps", "300", "--ckpt-every", "10", "--sample-every", "0",
          "--no-progress", "--threads", "1"]
+
+
+# batch 16: ⌈16/10⌉ = 2 fakes a D step, which divide over 2 ranks (8 would give 1, refused by name)
+BAGAN_CLI = ["train", "--dataset", "digits", "--imbalance", "1", "--image-size", "32", "--method", "bagan",
+             "--profile", "bagan", "--minority-class", "0", "--drop-fraction", "0.9", "--width", "0.125",
+             "--batch-size", "16", "--ae-steps", "2", "--sample-every", "0", "--no-progress", "--threads", "1",
+             "--out", "run"]
+
+
+def test_torchrun_bagan_after_its_one_process_autoencoder_stage(tmp_path):
+    pytest.importorskip("sklearn")
+    from cbgan_ext.train import checkpoint as ckpt
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "cbgan_ext.cli", *BAGAN_CLI, "--steps", "0"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stdout + one.stderr
+    p = _torchrun(BAGAN_CLI + ["--steps", "3", "--ckpt-every", "1"], tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    state = ckpt.load(str(tmp_path / "run" / "checkpoint.pt"))
+    assert state["step"] == 3 and len(state["ranks"]) == WORLD
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank-1 worker through /proc")

@@ -138,9 +138,13 @@ class TrainLoop:
                 "rng": ckpt.rng_state()}
 
     def _restore_rank_state(self, state):
-        """Rank r takes entry r of a checkpoint written by ``world_size`` ranks."""
+        """Rank r takes entry r of a checkpoint written by ``world_size`` ranks. A finished loop (BAGAN's
+        autoencoder stage, run in one process before a torchrun adversarial stage) draws from no stream again,
+        so it may be resumed by another number of ranks."""
         ranks = state.get("ranks")
         n = len(ranks) if ranks else 1
+        if n != self.world_size and self.step >= self.steps:
+            return
         if n != self.world_size:
             raise ConfigMismatchError(f"{self.ckpt_path} was written by {n} rank(s); this run has {self.world_size}: "
                                       "resume with the same --nproc_per_node x nodes")
