@@ -334,6 +334,8 @@ def _configure_eval(p):
                         "runs (Softlabel-GAN's 100); needs torchvision's AlexNet weights, else skipped; 0: off")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="conditional runs: write a bar chart of intra-FD per class, sorted by training count")
+    p.add_argument("--generator", default="ema", choices=("ema", "raw"),
+                   help="the EMA generator (G itself when the run keeps no EMA) or G as trained")
 
 
 @subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
@@ -349,12 +351,12 @@ def _run_eval(args):
         raise UsageError(f"--plot: the folder of {args.plot!r} does not exist")
     from .train.gan import evaluate_run, load_run
     if args.plot:
-        run = load_run(args.run, args.checkpoint)
+        run = load_run(args.run, args.checkpoint, generator=args.generator)
         if not run.conditional:
             raise UsageError(f"--plot: the run {args.run} ({run.method}) is unconditional; it has no per-class "
                              "intra-FD to plot")
     res = evaluate_run(args.run, checkpoint=args.checkpoint, annotator=args.annotator, n=args.n, fid=args.fid,
-                       device=args.device, seed=args.seed, lpips_images=args.lpips_images)
+                       device=args.device, seed=args.seed, lpips_images=args.lpips_images, generator=args.generator)
     if args.plot:
         from .data import dataset_from_config
         from .pipeline import plot_intra_fd
@@ -374,9 +376,12 @@ def _configure_sample(p):
     p.add_argument("--out", default=None, help=".png (a grid) or .pt (a tensor in [-1, 1]); default RUN/samples.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--generator", default="ema", choices=("ema", "raw"),
+                   help="the EMA generator (G itself when the run keeps no EMA) or G as trained")
 
 
-@subcommand("sample", help="generate images from a trained run (EMA generator)", configure=_configure_sample)
+@subcommand("sample", help="generate images from a trained run (EMA generator by default)",
+            configure=_configure_sample)
 def _run_sample(args):
     check_args(args, n=int_check(1), seed=int_check(0))
     import torch
@@ -386,7 +391,7 @@ def _run_sample(args):
     out = args.out or os.path.join(args.run, "samples.png")
     if not out.endswith((".png", ".pt", ".jpg")):
         raise UsageError(f"--out: expected a .png, .jpg or .pt path, got {out!r}")
-    run = load_run(args.run, args.checkpoint, device=args.device)
+    run = load_run(args.run, args.checkpoint, device=args.device, generator=args.generator)
     nrow = int(math.ceil(args.n ** 0.5))
     if args.klass is not None:
         if not run.conditional:

@@ -473,6 +473,28 @@ def test_cli_sample_from_a_run(tmp_path, capsys):
     assert len(err) == 1 and "no checkpoint in" in err[0] and "Traceback" not in err[0]
 
 
+def test_raw_or_ema_generator(tmp_path, capsys):
+    t = _trainer(tmp_path, 4, method="gan", eval_every=0, ema_start=1, ema_decay=0.5)
+    t.run()
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ema, raw = load_run(str(tmp_path), "last"), load_run(str(tmp_path), "last", generator="raw")
+    assert ema.generator == "ema" and raw.generator == "raw"
+    k = next(k for k, v in state["ema"].items() if v.is_floating_point() and not torch.equal(v, state["modules"]["G"][k]))
+    assert torch.equal(ema.G.state_dict()[k], state["ema"][k]) and torch.equal(raw.G.state_dict()[k],
+                                                                                 state["modules"]["G"][k])
+    with pytest.raises(ValueError, match="generator must be 'ema' or 'raw'"):
+        load_run(str(tmp_path), "last", generator="both")
+    out = tmp_path / "raw.pt"
+    assert cli.main(["sample", "--run", str(tmp_path), "--checkpoint", "last", "--n", "4", "--generator", "raw",
+                     "--out", str(out)]) == 0
+    with torch.no_grad():
+        z = torch.randn(4, raw.z_dim, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(torch.load(out), raw.G(z))
+    with pytest.raises(SystemExit) as e:  # argparse's choices
+        cli.main(["sample", "--run", str(tmp_path), "--generator", "none"])
+    assert e.value.code == 2 and "--generator" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 
 @pytest.mark.parametrize("argv,flag", [

@@ -290,9 +290,11 @@ def _run_checkpoint(run_dir, checkpoint):
     return ckpt.load(path)
 
 
-def load_run(run_dir, checkpoint="best", device="cpu"):
-    """A ``cbgan-ext train`` run: namespace(G (EMA, eval mode), z_dim, method, conditional, num_classes,
-    config, step)."""
+def load_run(run_dir, checkpoint="best", device="cpu", generator="ema"):
+    """A ``cbgan-ext train`` run: namespace(G (eval mode), z_dim, method, conditional, num_classes, config, step).
+    ``generator``: "ema" (the EMA weights; G itself when the run keeps no EMA) or "raw" (G as trained)."""
+    if generator not in ("ema", "raw"):
+        raise ValueError(f"generator must be 'ema' or 'raw', got {generator!r}")
     state = _run_checkpoint(run_dir, checkpoint)
     c = state["config"]
     name = c.get("method", "gan")
@@ -302,9 +304,11 @@ def load_run(run_dir, checkpoint="best", device="cpu"):
     shape = c["image_shape"]
     G, _ = method.build(c["arch"], channels=shape[0], image_size=shape[-1], width=c["width"], z_dim=c["z_dim"],
                         d_sn=c.get("d_sn"))
-    G.load_state_dict(state["ema"] if state.get("ema") is not None else state["modules"]["G"])
+    ema = generator == "ema" and state.get("ema") is not None
+    G.load_state_dict(state["ema"] if ema else state["modules"]["G"])
     return SimpleNamespace(G=G.to(device).eval(), z_dim=c["z_dim"], method=name, conditional=method.conditional,
-                           num_classes=c["num_classes"], config=c, step=state["step"], label=method.eval_label())
+                           num_classes=c["num_classes"], config=c, step=state["step"], label=method.eval_label(),
+                           generator="ema" if ema else "raw")
 
 
 def load_generator(run_dir, checkpoint="best", device="cpu"):
@@ -320,15 +324,16 @@ def _minority_of(dataset_config):
 
 
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
-                 ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100):
+                 ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100, generator="ema"):
     """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
     runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class; for the minority
     classes, ``ssim_queries`` images searched for their nearest among up to ``ssim_pool`` training images of
     the class) and
     their minority classes named (``minority_classes``, ``minority_accuracy``). LPIPS diversity over
-    ``lpips_images`` fakes (per class for conditional runs; 0: not computed) when its weights are present."""
+    ``lpips_images`` fakes (per class for conditional runs; 0: not computed) when its weights are present.
+    ``generator``: "ema" or "raw", as in ``load_run``."""
     from ..models.classifier import load_classifier
-    run = load_run(run_dir, checkpoint, device)
+    run = load_run(run_dir, checkpoint, device, generator)
     c = run.config
     ann_path = annotator or c.get("annotator")
     if not ann_path:
@@ -347,7 +352,7 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
                    real_labels=real.labels, prdc=run.conditional, variability=variability)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional, label=run.label)
-    res.update(step=run.step, checkpoint=checkpoint, method=run.method)
+    res.update(step=run.step, checkpoint=checkpoint, method=run.method, generator=run.generator)
     if lpips_images:
         res.update(lpips_scores(run.G, z_dim=run.z_dim, num_classes=run.num_classes, conditional=run.conditional,
                                 n=int(lpips_images), seed=seed + 1, device=device))
