@@ -11,6 +11,11 @@ for S in 0 1 2; do
   $C demo --sections softlabel --out $D/seed$S --seed $S --threads 1 > $D/seed$S.log 2>&1 &
 done
 wait
+# G as trained (not its EMA) of every run, the same annotator, n and seed as the section's evaluation
+for S in 0 1 2; do for m in softlabel-gan diffaug-gan smooth-gan; do R=$D/seed$S/softlabel/$m
+  [ -f $R/eval_raw.json ] || OMP_NUM_THREADS=1 $C eval --run $R --checkpoint last --annotator $D/seed$S/annotator.pt \
+      --n 5000 --fid annotator --seed 2024 --lpips-images 0 --generator raw > $R/eval_raw.json
+done; done
 # the main job's own summary over the seeds (from each seed's results.json), then docs/softlabel's tables
 /work/main/.venv/bin/python -c "import json, sys; from cbgan_ext import pipeline; \
 print(pipeline.write_summary(sys.argv[1], {s: json.load(open(f'{sys.argv[1]}/seed{s}/results.json')) for s in (0, 1, 2)}))" $D
