@@ -33,6 +33,18 @@ at::Tensor as_contiguous(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype && t.is_contiguous() ? t : t.to(dtype).contiguous();
 }
 
+// torch.argmax of a row: the first maximum, or the first NaN when there is one (the vector loops' slow path).
+template <typename scalar_t>
+int64_t argmax_first_nan(const scalar_t* zr, int64_t K) {
+  int64_t am = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = static_cast<float>(zr[k]);
+    if (v != v) return k;
+    if (v > static_cast<float>(zr[am])) am = k;
+  }
+  return am;
+}
+
 // ---- small K: W rows at once, one row per lane ------------------------------------------------------
 // Bit-identical to cb_chunk_simd<W>: the same exp, the row sum in its order (lane j of its vector sum holds
 // the columns k ≡ j mod W; then lanes 0..W-1) and the column sums row by row. t: K·W floats, the W-row block
@@ -75,17 +87,8 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
         acc[k] += v;
         pb[j * K + k] = static_cast<scalar_t>(v);
       }
-      int64_t am = idx[j];
-      if (!(s[j] == s[j])) {  // a NaN or +Inf in the row: torch's argmax is the first NaN
-        const scalar_t* zr = zb + j * K;
-        am = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          const float v = static_cast<float>(zr[k]);
-          if (v != v) { am = k; break; }
-          if (v > static_cast<float>(zr[am])) am = k;
-        }
-      }
-      cnt[am] += 1;
+      // a NaN or +Inf in the row makes its sum NaN; torch's argmax is then the first NaN
+      cnt[s[j] == s[j] ? idx[j] : argmax_first_nan(zb + j * K, K)] += 1;
     }
   }
 }
@@ -135,14 +138,7 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
       s += v;
     }
     const float sum = simd::hsum<W>(s);
-    if (!(sum == sum) || am >= K) {  // a NaN in the row: torch's argmax is the first NaN
-      am = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const float v = static_cast<float>(zr[k]);
-        if (v != v) { am = k; break; }
-        if (v > static_cast<float>(zr[am])) am = k;
-      }
-    }
+    if (!(sum == sum) || am >= K) am = argmax_first_nan(zr, K);  // a NaN in the row: the first NaN, as torch
     cnt[am] += 1;
     const float inv = 1.0f / sum;
     for (int64_t k = 0; k < Kp; k += W) {
