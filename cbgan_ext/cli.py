@@ -319,6 +319,11 @@ def _run_train(args):
     return 0
 
 
+def _add_generator_option(p):
+    p.add_argument("--generator", default="ema", choices=("ema", "raw"),
+                   help="the EMA generator (G itself when the run keeps no EMA) or G as trained")
+
+
 def _configure_eval(p):
     p.add_argument("--run", required=True, help="a `cbgan-ext train` run directory")
     p.add_argument("--checkpoint", default="best", choices=("best", "last"))
@@ -334,8 +339,7 @@ def _configure_eval(p):
                         "runs (Softlabel-GAN's 100); needs torchvision's AlexNet weights, else skipped; 0: off")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="conditional runs: write a bar chart of intra-FD per class, sorted by training count")
-    p.add_argument("--generator", default="ema", choices=("ema", "raw"),
-                   help="the EMA generator (G itself when the run keeps no EMA) or G as trained")
+    _add_generator_option(p)
 
 
 @subcommand("eval", help="metrics of a run against the balanced test split: annotator histogram, KL to uniform, "
@@ -376,8 +380,7 @@ def _configure_sample(p):
     p.add_argument("--out", default=None, help=".png (a grid) or .pt (a tensor in [-1, 1]); default RUN/samples.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--generator", default="ema", choices=("ema", "raw"),
-                   help="the EMA generator (G itself when the run keeps no EMA) or G as trained")
+    _add_generator_option(p)
 
 
 @subcommand("sample", help="generate images from a trained run (EMA generator by default)",

@@ -289,11 +289,11 @@ def _bagan_worker(rank, world, init, out, steps, tag):
 def test_bagan_adversarial_stage_on_two_ranks_stays_identical_and_resumes_exactly(tmp_path):
     from cbgan_ext.train.gan import GANTrainer
     whole, split = str(tmp_path / "whole"), str(tmp_path / "split")
+    stage0 = {}
     for out in (whole, split):  # the autoencoder and the class Gaussians: one process, as the trainer requires
-        GANTrainer(_bagan_data(), out, steps=0, **BAGAN_SMALL).run()
-    g_start = GANTrainer(_bagan_data(), whole, steps=0, **BAGAN_SMALL)
-    g_start.run()
-    decoder = {k: v.clone() for k, v in g_start.G.state_dict().items()}
+        stage0[out] = GANTrainer(_bagan_data(), out, steps=0, **BAGAN_SMALL)
+        stage0[out].run()
+    decoder = {k: v.clone() for k, v in stage0[whole].G.state_dict().items()}
     _spawn(_bagan_worker, tmp_path / "rdzv-a", whole, 4, "end")
     r0, r1 = (torch.load(os.path.join(whole, f"end-rank{r}.pt")) for r in range(WORLD))
     assert _state_equal(r0["G"], r1["G"]) and _state_equal(r0["D"], r1["D"])  # no BatchNorm: every tensor one value

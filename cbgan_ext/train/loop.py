@@ -143,11 +143,11 @@ class TrainLoop:
         so it may be resumed by another number of ranks."""
         ranks = state.get("ranks")
         n = len(ranks) if ranks else 1
-        if n != self.world_size and self.step >= self.steps:
-            return
         if n != self.world_size:
-            raise ConfigMismatchError(f"{self.ckpt_path} was written by {n} rank(s); this run has {self.world_size}: "
-                                      "resume with the same --nproc_per_node x nodes")
+            if self.step >= self.steps:
+                return
+            raise ConfigMismatchError(f"{self.ckpt_path} was written by {n} rank(s); this run has "
+                                      f"{self.world_size}: resume with the same --nproc_per_node x nodes")
         if ranks:
             mine = ranks[self.rank]
             for k, v in mine["extra"].items():

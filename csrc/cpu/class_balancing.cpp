@@ -100,9 +100,9 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
                                        int64_t K, float* e) {
   typedef typename simd::Vec<W>::f F;
   typedef typename simd::Vec<W>::i I;
+  if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, cnt, rows, K, e);
   // float rows are read and written in place; half rows go through the float scratch e. Either way the
   // last partial vector is padded with -inf (exp(-inf) = 0) in e's tail.
-  if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, cnt, rows, K, e);
   constexpr bool direct = std::is_same<scalar_t, float>::value;
   const int64_t Kv = K / W * W, Kp = (K + W - 1) / W * W;
   I iota;
