@@ -60,6 +60,39 @@ def test_non_contiguous_and_transposed_inputs(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [17, 63, 64, 100, 1010])
+def test_probs_match_softmax_over_the_whole_exp_range(device, K):
+    # logits spread over hundreds: exps from 1 down past float32's smallest normal (the CPU kernel's shorter
+    # exp from 64 classes must be as accurate as the other, and give 0, not garbage, where it underflows)
+    x = 40 * torch.randn(64, K, dtype=torch.float64)
+    w = torch.rand(K) + 0.1
+    _, _, probs, mean_probs = torch.ops.cbgan_ext.class_balancing_loss_forward(x.float().to(device), w.to(device))
+    ref = torch.softmax(x.float().double(), 1)
+    probs = probs.cpu().double()
+    normal = ref > 1e-37
+    # float32 rounds the shifted logit x - max, whose error exp multiplies by |x - max|
+    shift = (x.float().double() - x.float().double().max(1, keepdim=True).values).abs()
+    assert (((probs - ref).abs() / ref)[normal] <= 1e-6 + 1.2e-7 * shift[normal]).all()
+    assert (probs[~normal] <= 2e-37).all() and (probs >= 0).all()
+    torch.testing.assert_close(mean_probs.cpu().double(), ref.mean(0), rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [40, 100, 1010])
+def test_counts_take_the_first_of_tied_maxima(device, K):
+    # ties between columns that different SIMD lanes and accumulators see: torch.argmax takes the first
+    g = torch.Generator().manual_seed(K)
+    x = torch.randn(48, K, generator=g)
+    cols = torch.randint(0, K, (48, 3), generator=g).sort(1).values
+    for b in range(48):
+        x[b, cols[b]] = 9.0
+    w = torch.rand(K) + 0.1
+    _, counts = ops.class_balancing_loss_with_counts(x.to(device), w.to(device))
+    assert torch.equal(counts.cpu(), torch.bincount(cols[:, 0], minlength=K))
+    assert torch.equal(counts.cpu(), reference.argmax_counts(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_extreme_logits_stay_finite(device):
     x = -torch.rand(32, 10, device=device) * 1e4
     x[:, 3] = 1e4  # every other class underflows to p̂ = 0

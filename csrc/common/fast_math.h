@@ -72,6 +72,30 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
   return y * (F)bits;
 }
 
+// exp(x) for x <= 0 in 15 vector operations against exp_nonpositive's 24, with the same polynomial and
+// relative error (below 1e-7 for x >= -87; 0 below 2^-127): n = round(x log2 e) by adding 1.5·2^23, whose
+// low bits then give 2^n directly. Its results differ from exp_nonpositive's in the last bits, so kernels
+// whose outputs recorded runs depend on keep exp_nonpositive.
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_fast(typename Vec<W>::f x) {
+  typedef typename Vec<W>::i I;
+  typedef typename Vec<W>::f F;
+  x = select<W>(x < -88.0f, F{} - 88.0f, x);  // n >= -127, whose 2^n bits are 0: the result underflows to 0
+  const F t = x * 1.44269504088896341f + 12582912.0f;
+  const F fn = t - 12582912.0f;
+  const F r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
+  F y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r + 1.0f;
+  y = y * r + 1.0f;
+  // t's bits are 0x4B400000 + n; the magic's bits leave the word in the shift
+  const I bits = ((I)t + 127) << 23;
+  return y * (F)bits;
+}
+
 template <int W>
 CBGAN_ALWAYS_INLINE float hsum(typename Vec<W>::f v) {
   float s = 0.0f;
