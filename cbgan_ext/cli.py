@@ -354,13 +354,15 @@ def _run_eval(args):
     if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
         raise UsageError(f"--plot: the folder of {args.plot!r} does not exist")
     from .train.gan import evaluate_run, load_run
+    run = None
     if args.plot:
-        run = load_run(args.run, args.checkpoint, generator=args.generator)
+        run = load_run(args.run, args.checkpoint, args.device, args.generator)
         if not run.conditional:
             raise UsageError(f"--plot: the run {args.run} ({run.method}) is unconditional; it has no per-class "
                              "intra-FD to plot")
     res = evaluate_run(args.run, checkpoint=args.checkpoint, annotator=args.annotator, n=args.n, fid=args.fid,
-                       device=args.device, seed=args.seed, lpips_images=args.lpips_images, generator=args.generator)
+                       device=args.device, seed=args.seed, lpips_images=args.lpips_images, generator=args.generator,
+                       loaded=run)
     if args.plot:
         from .data import dataset_from_config
         from .pipeline import plot_intra_fd

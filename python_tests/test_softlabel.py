@@ -152,7 +152,7 @@ def test_bad_input_is_refused_before_training(tmp_path):
         _trainer(tmp_path / "e", method="gan", arch="biggan")
 
 
-def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsys, one_thread):
+def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsys, one_thread, monkeypatch):
     pytest.importorskip("sklearn")
     from cbgan_ext.train.classifier import train_classifier
     ckpt = str(tmp_path / "clf.pt")
@@ -174,10 +174,18 @@ def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsy
     assert "prdc" in res or "prdc_skipped" in res
     assert ("intra_lpips" in res and len(res["intra_lpips"]) == 10) or res["lpips_skipped"].startswith("LPIPS skipped")
     plot = tmp_path / "intra_fd.png"
+    from cbgan_ext.train import gan as gan_module
+    real_load, loads = gan_module.load_run, []
+
+    def counting_load(*a, **k):
+        loads.append(a[0])
+        return real_load(*a, **k)
+    monkeypatch.setattr(gan_module, "load_run", counting_load)
     assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--n", "40", "--checkpoint", "last",
                      "--lpips-images", "0", "--plot", str(plot)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert plot.stat().st_size > 0 and "lpips" not in res and "lpips_skipped" not in res
+    assert loads == [run]  # the checkpoint is read once for the plot and the metrics
     assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--lpips-images", "1"]) == 2
     assert "--lpips-images" in capsys.readouterr().err
     assert cli.main(argv[:8] + ["diffaug-gan"] + argv[9:] + ["--out", str(tmp_path / "d")]) == 2

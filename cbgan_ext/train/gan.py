@@ -324,16 +324,16 @@ def _minority_of(dataset_config):
 
 
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
-                 ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100, generator="ema"):
+                 ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100, generator="ema", loaded=None):
     """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
     runs also get the SSIM variability measures (``ssim_pairs`` random pairs per class; for the minority
     classes, ``ssim_queries`` images searched for their nearest among up to ``ssim_pool`` training images of
     the class) and
     their minority classes named (``minority_classes``, ``minority_accuracy``). LPIPS diversity over
     ``lpips_images`` fakes (per class for conditional runs; 0: not computed) when its weights are present.
-    ``generator``: "ema" or "raw", as in ``load_run``."""
+    ``generator``: "ema" or "raw", as in ``load_run``; ``loaded``: that ``load_run`` result, when the caller has it."""
     from ..models.classifier import load_classifier
-    run = load_run(run_dir, checkpoint, device, generator)
+    run = loaded if loaded is not None else load_run(run_dir, checkpoint, device, generator)
     c = run.config
     ann_path = annotator or c.get("annotator")
     if not ann_path:
