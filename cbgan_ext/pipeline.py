@@ -62,9 +62,9 @@ SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
 
 PRESETS = {
     "default": dict(about="the recorded main job (docs/main-job, docs/bagan, docs/softlabel): the cbgan section about 40 "
-                          "minutes on 2 CPU cores; the bagan section took 103 minutes a seed at one thread, two seeds "
-                          "side by side; the softlabel section 125 minutes a seed at one thread, three seeds side by "
-                          "side (about 40 minutes alone, estimated from its step time)", dataset="fashion-mnist",
+                          "minutes on 2 CPU cores; the bagan section 62 minutes at one thread beside another training; the "
+                          "softlabel section 125 minutes a seed at one thread, three seeds side by side (about 40 "
+                          "minutes alone, estimated from its step time)", dataset="fashion-mnist",
                     imbalance=100.0,
                     image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000),
     "quick": dict(about="a first look: the cbgan section about 12 minutes on 2 CPU cores; the bagan section (half the "
