@@ -47,6 +47,16 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f select(typename Vec<W>::i mask, typename 
   return (F)(((I)a & mask) | ((I)b & ~mask));
 }
 
+// Cephes expf's P: exp(r) ≈ 1 + r + r² P(r) for |r| <= ln 2 / 2.
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f cephes_exp_p(typename Vec<W>::f r) {
+  typename Vec<W>::f y = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  return y * r + 5.0000001201e-1f;
+}
+
 // exp(x) for x <= 0. Cephes expf polynomial: relative error below 1e-7 for x >= -87; 0 below 2^-126
 // (libm would give a denormal).
 template <int W>
@@ -62,12 +72,7 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
   const I nc = (n & big) | ((I{} - 126) & ~big);
   const F fn = __builtin_convertvector(nc, F);
   const F r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
-  F y = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
+  const F y = cephes_exp_p<W>(r) * r * r + r + 1.0f;
   const I bits = ((nc + 127) << 23) & keep;
   return y * (F)bits;
 }
@@ -84,13 +89,7 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_fast(typename Vec<W>::f x
   const F t = x * 1.44269504088896341f + 12582912.0f;
   const F fn = t - 12582912.0f;
   const F r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
-  F y = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r + 1.0f;
-  y = y * r + 1.0f;
+  const F y = (cephes_exp_p<W>(r) * r + 1.0f) * r + 1.0f;
   // t's bits are 0x4B400000 + n; the magic's bits leave the word in the shift
   const I bits = ((I)t + 127) << 23;
   return y * (F)bits;
