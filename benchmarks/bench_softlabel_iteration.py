@@ -86,14 +86,26 @@ def to_plain(model):
     return model
 
 
-def plain_step(width, layout="nchw"):
-    """The iteration of ``GANTrainer.train_step`` for softlabel-gan, written out on plain ops."""
+def _strip_spectral_norm(model):
+    for m in model.modules():
+        if any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values()):
+            torch.nn.utils.remove_spectral_norm(m)
+    return model
+
+
+def plain_step(width, layout="nchw", strip=False):
+    """The iteration of ``GANTrainer.train_step`` for softlabel-gan, written out on plain ops. ``strip``: without
+    spectral norm (the weights used as they are) and without DiffAugment, the floor no fusion of them can beat."""
     t = _trainer(width)  # for its freshly built models, data and streams
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
     def augment(x):
+        if strip:
+            return x
         return reference.diff_augment(x, POLICY, generator=ag).contiguous(memory_format=fmt)
     G, D = to_plain(t.G), to_plain(t.D)
+    if strip:
+        G, D = _strip_spectral_norm(G), _strip_spectral_norm(D)
     s = t.settings
     opt_g = torch.optim.Adam(G.parameters(), lr=s["lr"], betas=(s["beta1"], s["beta2"]))
     opt_d = torch.optim.Adam(D.parameters(), lr=s["lr"], betas=(s["beta1"], s["beta2"]))

@@ -24,25 +24,6 @@ import torch  # noqa: E402
 import bench_softlabel_iteration as b  # noqa: E402
 
 
-def stripped_step(width):
-    """plain_step with spectral norm removed from G and D and DiffAugment replaced by the identity."""
-    reference_augment = b.reference.diff_augment
-
-    def strip(model):
-        for m in model.modules():
-            if any(type(h).__name__ == "SpectralNorm" for h in m._forward_pre_hooks.values()):
-                torch.nn.utils.remove_spectral_norm(m)
-        return model
-    to_plain = b.to_plain
-    b.to_plain = lambda model: strip(to_plain(model))
-    b.reference.diff_augment = lambda x, policy, generator=None: x
-    try:
-        return b.plain_step(width)
-    finally:
-        b.to_plain = to_plain
-        b.reference.diff_augment = reference_augment
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=float, default=1.0)
@@ -52,7 +33,7 @@ def main():
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plain, stripped = b.plain_step(args.width), stripped_step(args.width)
+    plain, stripped = b.plain_step(args.width), b.plain_step(args.width, strip=True)
     plain(), stripped()  # warm-up
     tp, ts = [], []
     for i in range(args.rounds):
