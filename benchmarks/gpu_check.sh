@@ -138,7 +138,7 @@ EOF
 TEST_ARGS=(-p no:cacheprovider -q -rfE python_tests -k "needs_cuda or test_build.py" --junitxml="$OUT/tests.xml")
 [ "$DRY" = 1 ] && TEST_ARGS+=(-x)
 : >"$OUT/tests.log"
-NOTE="pytest python_tests -k 'needs_cuda or test_build.py'" stage tests 150 "$OUT/tests.log" \
+NOTE="pytest python_tests -k 'needs_cuda or test_build.py'" stage tests 180 "$OUT/tests.log" \
   "$PY" -m pytest "${TEST_ARGS[@]}"
 tail -3 "$OUT/tests.log" | tee -a "$LOG"
 

@@ -162,6 +162,8 @@ def _configure_train_classifier(p):
                         "[M] (what augment-eval writes; its digest is recorded)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint at --out")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower; on "
+                   "GPUs needed for a resumed run to equal an uninterrupted one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final record as JSON on stdout")
 
@@ -212,7 +214,7 @@ def _train_classifier_with(args, device):
         ours = ckpt.load(args.out).get("torchelastic_run_id") == run_id
     return train_classifier(
         args.out, resume=args.resume or ours, overwrite=args.overwrite and not ours,
-        progress=not args.no_progress, threads=args.threads,
+        progress=not args.no_progress, threads=args.threads, deterministic=args.deterministic,
         dataset=args.dataset, root=args.root, imbalance_ratio=args.imbalance, profile=args.profile,
         selection=args.selection, n_max=args.n_max, image_size=args.image_size, seed=args.seed,
         minority_class=args.minority_class, drop_fraction=args.drop_fraction, extra=args.extra,
@@ -252,7 +254,8 @@ def _configure_train(p):
         if o.choices:
             kw["choices"] = o.choices
         p.add_argument(_flag(key), dest=key, **kw)
-    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower)")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms (slower; on "
+                   "GPUs needed for a resumed run to equal an uninterrupted one)")
     p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: SyncBatchNorm in G (batch "
                    "statistics over the global batch; CUDA only)")
     p.add_argument("--no-progress", action="store_true")

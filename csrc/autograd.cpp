@@ -20,10 +20,26 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include <memory>
 #include <string>
+#include <type_traits>
 
 namespace cbgan_ext {
 namespace {
+
+// Autograd nodes are held by c10::intrusive_ptr in recent torch and by std::shared_ptr before; Edge names
+// which, so one source builds against both.
+using NodePtr = decltype(torch::autograd::Edge::function);
+constexpr bool kSharedNodes = std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>;
+
+template <class T, class... Args>
+auto make_node(Args&&... args) {
+  if constexpr (kSharedNodes) {
+    return std::make_shared<T>(std::forward<Args>(args)...);
+  } else {
+    return c10::make_intrusive<T>(std::forward<Args>(args)...);
+  }
+}
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -92,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
     std::tie(loss, counts, probs, mean_probs) = op.call(logits, w);
   }
   if (torch::autograd::compute_requires_grad(logits, w)) {
-    auto node = c10::make_intrusive<ClassBalancingLossBackward>();
+    auto node = make_node<ClassBalancingLossBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(logits, w));
     node->probs_ = torch::autograd::SavedVariable(probs, false);
     node->weights_ = torch::autograd::SavedVariable(w, false);
@@ -415,7 +431,7 @@ void attach_double_backward_error(const char* op, const std::vector<at::Tensor>&
   bool requires_grad = false;
   for (const at::Tensor& t : inputs) requires_grad = requires_grad || (t.defined() && t.requires_grad());
   if (!requires_grad) return;
-  c10::intrusive_ptr<torch::autograd::Node> node = c10::make_intrusive<torch::autograd::Error>(
+  NodePtr node = make_node<torch::autograd::Error>(
       std::string(op) + ": double backward is not supported (a gradient computed through this op was "
                         "differentiated again); use the pure-PyTorch version in cbgan_ext.reference for "
                         "higher-order gradients",

@@ -22,6 +22,16 @@ def _seed():
 
 
 @pytest.fixture
+def restore_determinism():
+    """For tests that turn on torch.use_deterministic_algorithms (process-wide)."""
+    was, bench = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(was, warn_only=warn)
+    torch.backends.cudnn.benchmark = bench
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models gain nothing from threads, and the test machine is shared."""
     n = torch.get_num_threads()

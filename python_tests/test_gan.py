@@ -19,6 +19,7 @@ from cbgan_ext.train import losses
 from cbgan_ext.train.evaluate import balanced_test_split
 from cbgan_ext.train.gan import paper_lambda
 from cbgan_ext.train.options import OPTIONS
+from conftest import DEVICES
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -266,12 +267,15 @@ def test_evaluator_real_split_is_the_whole_balanced_test_split():
         assert test.config["split"] == "test" and len(set(test.class_counts)) == 1 and len(test) == 350
 
 
-def test_resume_continues_exactly(tmp_path):
-    full = _trainer(tmp_path / "full", 6)
+@pytest.mark.parametrize("device", DEVICES)
+def test_resume_continues_exactly(tmp_path, device, restore_determinism):
+    # On CUDA, cuDNN/cuBLAS pick their algorithms per call unless told not to; our kernels have no float atomics.
+    kw = dict(device=device, deterministic=device == "cuda")
+    full = _trainer(tmp_path / "full", 6, **kw)
     full.run()
-    part = _trainer(tmp_path / "part", 3)
+    part = _trainer(tmp_path / "part", 3, **kw)
     part.run()  # "killed" after step 3, at its checkpoint
-    resumed = _trainer(tmp_path / "part", 6)
+    resumed = _trainer(tmp_path / "part", 6, **kw)
     resumed.run()
     assert resumed.step == 6
     for a, b in zip(full.G.state_dict().values(), resumed.G.state_dict().values()):
@@ -417,16 +421,18 @@ def test_atomic_checkpoint_keeps_old_file_on_failure(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ methods
 
-def test_every_method_trains_a_few_steps(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_method_trains_a_few_steps(tmp_path, device):
     for name in method_names():
         own = {}
         if get_method(name).defaults.get("arch") == "bagan":  # BAGAN's family: its networks, a short autoencoder
             own = dict(arch="bagan", ae_steps=2, target_class=0)
-        t = _trainer(tmp_path / name, 2, method=name, eval_every=2, **own)
+        t = _trainer(tmp_path / name, 2, method=name, eval_every=2, device=device, **own)
         t.run()
         rec = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
         assert any(r["event"] == "eval" and r["kl"] >= 0 for r in rec), name
-        assert all(torch.isfinite(p).all() for p in t.G.parameters())
+        assert all(p.device.type == device and torch.isfinite(p).all() for p in t.G.parameters()), name
+        assert all(p.device.type == device for p in t.D.parameters()), name
 
 
 def test_cgan_projection_is_conditional_with_hinge_loss(tmp_path):

@@ -53,11 +53,12 @@ def test_projection_autocast_under_compile():
     assert got.dtype == torch.float32 and torch.allclose(got, f(h, E, y))
 
 
-def test_class_balancing_under_autocast_runs_in_float32():
-    x = torch.randn(32, 10, dtype=torch.float64)
-    w = torch.rand(10) + 0.1
+@pytest.mark.parametrize("device", DEVICES)
+def test_class_balancing_under_autocast_runs_in_float32(device):
+    x = torch.randn(32, 10, dtype=torch.float64, device=device)
+    w = torch.rand(10, device=device) + 0.1
     xb = x.bfloat16().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         loss, counts = ops.class_balancing_loss_with_counts(xb, w)
         _, _, probs, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(xb, w)
     assert loss.dtype == torch.float32 and probs.dtype == torch.float32

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cbgan_ext import ops, reference
+from conftest import DEVICES
 
 NAN, INF = float("nan"), float("inf")
 
@@ -12,14 +13,15 @@ NAN, INF = float("nan"), float("inf")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("bad", [NAN, INF, -INF])
 @pytest.mark.parametrize("B,K", [(4, 3), (70, 10), (40, 1010)])
-def test_class_balancing_non_finite_logit_matches_reference(dtype, bad, B, K):
-    x = torch.randn(B, K, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_class_balancing_non_finite_logit_matches_reference(dtype, bad, B, K, device):
+    x = torch.randn(B, K, dtype=torch.float64, device=device)
     if bad == -INF:
         x[B // 2] = -INF  # a whole row of -inf: softmax 0/0
     else:
         x[B // 2, K // 3] = bad
     x = x.to(dtype)
-    w = torch.rand(K) + 0.1
+    w = torch.rand(K, device=device) + 0.1
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     loss = ops.class_balancing_loss(xf, w)
     ref = reference.class_balancing_loss(xr, w)
@@ -97,7 +99,8 @@ def test_all_meta_still_gives_shapes():
                                     "translation,translation,cutout,cutout"])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_diff_augment_spatial_only_non_finite_matches_reference(policy, channels_last, dtype):
+@pytest.mark.parametrize("device", DEVICES)
+def test_diff_augment_spatial_only_non_finite_matches_reference(policy, channels_last, dtype, device):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(6, 3, 16, 12, generator=g, dtype=dtype)
     # non-finite values spread over the image so that some are moved, some cut out, some moved out of frame
@@ -106,17 +109,18 @@ def test_diff_augment_spatial_only_non_finite_matches_reference(policy, channels
     flat[idx[:15]] = NAN
     flat[idx[15:30]] = INF
     flat[idx[30:]] = -INF
+    grad = torch.randn(x.shape, generator=g, dtype=dtype)
+    grad.view(-1)[idx[:20]] = NAN
+    grad.view(-1)[idx[20:]] = INF
+    p = ops.sample_diff_augment_params(x, policy, generator=g)
+    x, grad, p = x.to(device), grad.to(device), p.to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    p = ops.sample_diff_augment_params(x, policy, generator=g)
     xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     out = ops.diff_augment(xf, policy, params=p)
     ref = reference.diff_augment(xr, policy, params=p)
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     # backward: a non-finite upstream gradient moves and is masked the same way
-    grad = torch.randn(x.shape, generator=g, dtype=dtype)
-    grad.view(-1)[idx[:20]] = NAN
-    grad.view(-1)[idx[20:]] = INF
     gf, = torch.autograd.grad(out, xf, grad)
     gr, = torch.autograd.grad(ref, xr, grad)
     torch.testing.assert_close(gf, gr, rtol=0, atol=0, equal_nan=True)

@@ -6,6 +6,7 @@ import torch
 
 from cbgan_ext import ops, reference
 from cbgan_ext.nn import SNLinear
+from conftest import DEVICES
 
 
 def _einsum(h, E, y):
@@ -14,19 +15,21 @@ def _einsum(h, E, y):
     return torch.einsum("bl,kl,bk->b", h, E, y)
 
 
-def _inputs(B=5, K=4, L=6, transposed=False):
-    h = torch.randn(B, L, dtype=torch.float64, requires_grad=True)
-    E = torch.randn(L, K, dtype=torch.float64).t() if transposed else torch.randn(K, L, dtype=torch.float64)
+def _inputs(B=5, K=4, L=6, transposed=False, device="cpu"):
+    f64 = dict(dtype=torch.float64, device=device)
+    h = torch.randn(B, L, **f64).requires_grad_()
+    E = torch.randn(L, K, **f64).t() if transposed else torch.randn(K, L, **f64)
     E.requires_grad_()
-    y = torch.softmax(torch.randn(B, K, dtype=torch.float64), 1).requires_grad_()
+    y = torch.softmax(torch.randn(B, K, **f64), 1).requires_grad_()
     return h, E, y
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-def test_projection_gradgradcheck_soft_and_hard(transposed):
-    h, E, y = _inputs(transposed=transposed)
+@pytest.mark.parametrize("device", DEVICES)
+def test_projection_gradgradcheck_soft_and_hard(transposed, device):
+    h, E, y = _inputs(transposed=transposed, device=device)
     assert torch.autograd.gradgradcheck(ops.soft_label_projection, (h, E, y))
-    lab = torch.tensor([0, 3, 1, 3, 2])
+    lab = torch.tensor([0, 3, 1, 3, 2], device=device)
     assert torch.autograd.gradgradcheck(lambda h, E: ops.soft_label_projection(h, E, lab), (h, E))
     # third order through the ATen double backward
     assert torch.autograd.gradgradcheck(
@@ -62,10 +65,11 @@ def test_projection_gradient_penalty_matches_einsum(hard, wrt):
     assert got[1] is not None and got[1].abs().sum() > 0
 
 
-def test_projection_penalty_float32_through_fused_kernels():
-    h = torch.randn(16, 32, requires_grad=True)
-    E = torch.randn(10, 32, requires_grad=True)
-    y = torch.softmax(torch.randn(16, 10), 1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_projection_penalty_float32_through_fused_kernels(device):
+    h = torch.randn(16, 32, device=device, requires_grad=True)
+    E = torch.randn(10, 32, device=device, requires_grad=True)
+    y = torch.softmax(torch.randn(16, 10, device=device), 1)
     gh, = torch.autograd.grad(ops.soft_label_projection(h, E, y).sum(), h, create_graph=True)
     gE, = torch.autograd.grad(gh.pow(2).sum(), E)
     h2, E2 = h.detach().double().requires_grad_(), E.detach().double().requires_grad_()
@@ -74,9 +78,10 @@ def test_projection_penalty_float32_through_fused_kernels():
     assert torch.allclose(gE.double(), gE2, rtol=1e-4, atol=1e-5)
 
 
-def test_class_balancing_gradgradcheck_and_penalty():
-    x = (2 * torch.randn(9, 4, dtype=torch.float64)).requires_grad_()
-    w = torch.rand(4, dtype=torch.float64) + 0.1
+@pytest.mark.parametrize("device", DEVICES)
+def test_class_balancing_gradgradcheck_and_penalty(device):
+    x = (2 * torch.randn(9, 4, dtype=torch.float64, device=device)).requires_grad_()
+    w = torch.rand(4, dtype=torch.float64, device=device) + 0.1
     assert torch.autograd.gradgradcheck(lambda x: ops.class_balancing_loss(x, w), (x,))
     g, = torch.autograd.grad(ops.class_balancing_loss(x, w), x, create_graph=True)
     gr, = torch.autograd.grad(reference.class_balancing_loss(x, w), x, create_graph=True)

@@ -259,3 +259,32 @@ def test_d_channels_last_feeds_d_channels_last_and_computes_the_same_losses(tmp_
     a.run()
     with pytest.raises(ValueError, match="d_channels_last"):  # a resume with the other layout is refused
         _trainer(tmp_path / "a", steps=3, policy=policy, d_channels_last=True).run()
+
+
+def test_frechet_distance_without_sqrtm_disp(monkeypatch):
+    # Newer SciPy drops sqrtm's `disp`, which clean-fid passes: our fallback must give clean-fid's number.
+    from scipy import linalg
+
+    from cbgan_ext.metrics import FeatureStats, frechet
+    g = torch.Generator().manual_seed(1)
+    a = FeatureStats((torch.randn(200, 12, generator=g) @ torch.randn(12, 12, generator=g)).numpy())
+    b = FeatureStats((torch.randn(150, 12, generator=g) * 2 + 0.5).numpy())
+    rank_deficient = FeatureStats(torch.randn(5, 12, generator=g).numpy())  # singular covariance: the eps path
+    sqrtm = linalg.sqrtm
+
+    def sqrtm_without_disp(m, **kw):
+        if "disp" in kw:
+            raise TypeError("sqrtm() got an unexpected keyword argument 'disp'")
+        return sqrtm(m, **kw)
+
+    for x, y in [(a, b), (b, a), (a, a), (a, rank_deficient)]:
+        try:
+            want = frechet.frechet_distance(x, y)  # clean-fid's own, where this SciPy still takes disp
+        except TypeError:
+            want = None
+        with monkeypatch.context() as m:
+            m.setattr(linalg, "sqrtm", sqrtm_without_disp)
+            got = frechet.frechet_distance(x, y)
+        if want is not None:
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+        assert got >= -1e-6 and (got < 1e-6) == (x is y)

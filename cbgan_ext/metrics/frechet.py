@@ -7,7 +7,8 @@
   this is what we report, under the name "FD-<name>" (e.g. FD-annotator), never as "FID": the numbers
   are not comparable with published FIDs.
 
-The distance itself is clean-fid's ``frechet_distance``.
+The distance itself is clean-fid's ``frechet_distance``; where SciPy no longer takes the ``disp`` argument
+that clean-fid passes to ``sqrtm``, the same formula through SciPy directly.
 """
 import os
 
@@ -20,7 +21,32 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 
 
 def frechet_distance(stats_a, stats_b):
-    return float(_cleanfid_frechet(stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma))
+    try:
+        return float(_cleanfid_frechet(stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma))
+    except TypeError as e:  # clean-fid calls sqrtm(..., disp=False), which newer SciPy removed
+        if "disp" not in str(e):
+            raise
+        return _frechet_scipy(stats_a.mu, stats_a.sigma, stats_b.mu, stats_b.sigma)
+
+
+def _frechet_scipy(mu1, sigma1, mu2, sigma2, eps=1e-6):
+    """clean-fid's formula and its singular-product fallback, with SciPy's current ``sqrtm``."""
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"frechet_distance: feature sizes differ: {mu1.shape} vs {mu2.shape}")
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: imaginary component {np.max(np.abs(covmean.imag))}")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 class FeatureStats:

@@ -367,15 +367,21 @@ def _with_extra(train_set, path):
     return merged, _file_digest(path)
 
 
-def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=None, threads=None, **kwargs):
+def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=None, threads=None,
+                     deterministic=False, **kwargs):
     """Trains a CifarResNet on a (long-tailed) dataset; writes and returns the checkpoint dict (sans weights).
 
     ``out`` is the checkpoint path. An existing ``out`` is continued with ``resume=True`` (the recorded
-    settings must match), replaced with ``overwrite=True``, and otherwise an error.
+    settings must match), replaced with ``overwrite=True``, and otherwise an error. On a GPU, cuDNN's default
+    algorithms are not deterministic: two runs, and a run and its resumption, agree only with
+    ``deterministic=True`` (torch.use_deterministic_algorithms; process-wide, slower).
     """
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     if threads:
         torch.set_num_threads(int(threads))
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     cfg = _default_config(**kwargs)
     if os.path.exists(out):
         if resume:

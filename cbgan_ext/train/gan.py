@@ -52,7 +52,7 @@ class GeneratorState:
         return {"state": self.gen.get_state()}
 
     def load_state_dict(self, d):
-        self.gen.set_state(d["state"])
+        self.gen.set_state(d["state"].cpu())  # a checkpoint loaded onto the GPU moves the state there too
 
 
 def _stream_seed(seed, stream, rank):
