@@ -1,5 +1,8 @@
-import pytest
-import torch
+import os
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for the CUDA resume tests
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import cbgan_ext
 

@@ -262,29 +262,41 @@ def test_d_channels_last_feeds_d_channels_last_and_computes_the_same_losses(tmp_
 
 
 def test_frechet_distance_without_sqrtm_disp(monkeypatch):
-    # Newer SciPy drops sqrtm's `disp`, which clean-fid passes: our fallback must give clean-fid's number.
+    # Newer SciPy drops sqrtm's `disp`, which clean-fid passes: the fallback must give the same distance.
+    import inspect
+
+    import numpy as np
     from scipy import linalg
 
     from cbgan_ext.metrics import FeatureStats, frechet
     g = torch.Generator().manual_seed(1)
     a = FeatureStats((torch.randn(200, 12, generator=g) @ torch.randn(12, 12, generator=g)).numpy())
     b = FeatureStats((torch.randn(150, 12, generator=g) * 2 + 0.5).numpy())
-    rank_deficient = FeatureStats(torch.randn(5, 12, generator=g).numpy())  # singular covariance: the eps path
     sqrtm = linalg.sqrtm
+    calls = []
 
     def sqrtm_without_disp(m, **kw):
         if "disp" in kw:
             raise TypeError("sqrtm() got an unexpected keyword argument 'disp'")
+        calls.append(1)
+        if len(calls) == 1 and nan_first:  # a singular product: the eps-regularised second try must be taken
+            return np.full_like(m, np.nan)
         return sqrtm(m, **kw)
 
-    for x, y in [(a, b), (b, a), (a, a), (a, rank_deficient)]:
-        try:
-            want = frechet.frechet_distance(x, y)  # clean-fid's own, where this SciPy still takes disp
-        except TypeError:
-            want = None
+    # diagonal covariances have a closed form: |mu1 - mu2|^2 + sum (sqrt(s1) - sqrt(s2))^2
+    d1, d2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    diag = [FeatureStats.from_state_dict({"n": 2, "mu": m, "sigma": np.diag(v)})
+            for m, v in ((np.array([0.0, 1.0, 2.0]), d1), (np.array([1.0, 1.0, 0.0]), d2))]
+    closed = 1.0 + 4.0 + float(((np.sqrt(d1) - np.sqrt(d2)) ** 2).sum())
+    takes_disp = "disp" in inspect.signature(sqrtm).parameters
+    for x, y, nan_first in [(a, b, False), (b, a, False), (a, a, False), (a, b, True), (*diag, False)]:
+        calls.clear()
         with monkeypatch.context() as m:
             m.setattr(linalg, "sqrtm", sqrtm_without_disp)
             got = frechet.frechet_distance(x, y)
-        if want is not None:
-            assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+        assert len(calls) == 1 + nan_first  # the fallback ran, and retried only after a non-finite root
+        if x is diag[0]:
+            assert got == pytest.approx(closed, rel=1e-9)
+        elif takes_disp and not nan_first:  # clean-fid's own number, where this SciPy still takes disp
+            assert got == pytest.approx(frechet.frechet_distance(x, y), rel=1e-6, abs=1e-6)
         assert got >= -1e-6 and (got < 1e-6) == (x is y)

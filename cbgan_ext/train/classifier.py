@@ -380,8 +380,7 @@ def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=N
     if threads:
         torch.set_num_threads(int(threads))
     if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+        ckpt.use_deterministic_algorithms()
     cfg = _default_config(**kwargs)
     if os.path.exists(out):
         if resume:
