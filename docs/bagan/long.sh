@@ -3,7 +3,8 @@
 # 4x the recorded steps, otherwise the recorded settings: bash long.sh DIR, DIR a seed-0 directory of run.sh
 # (its annotator.pt is reused).
 set -euo pipefail
-D=$1; C=/work/main/.venv/bin/cbgan-ext
+VENV=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin  # the repository's set-up (make setup)
+D=$1; C=$VENV/cbgan-ext
 T0=$(date +%s)
 DATA="--dataset fashion-mnist --image-size 32 --profile bagan --minority-class 0 --drop-fraction 0.975 --imbalance 1 --seed 0 --threads 1"
 GAN="--width 0.25 --batch-size 64 --steps 1600 --log-every 100 --sample-every 800 --ckpt-every 200 --no-progress"

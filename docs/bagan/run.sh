@@ -1,7 +1,8 @@
 #!/bin/bash
 # BAGAN section, one seed: bash run.sh SEED DIR
 set -euo pipefail
-S=$1; D=$2; C=/work/main/.venv/bin/cbgan-ext
+VENV=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin  # the repository's set-up (make setup)
+S=$1; D=$2; C=$VENV/cbgan-ext
 mkdir -p $D
 DATA="--dataset fashion-mnist --image-size 32 --profile bagan --minority-class 0 --drop-fraction 0.975 --imbalance 1 --seed $S --threads 1"
 GAN="--width 0.25 --batch-size 64 --steps 400 --log-every 50 --sample-every 400 --ckpt-every 100 --no-progress"

@@ -4,7 +4,8 @@
 # bash ndis4.sh SECTION_SEED_DIR OUT [SEED [METHODS]]  (SECTION_SEED_DIR: that seed's directory of run.sh, for its
 # soft-label classifier and annotator; SEED 0 by default; METHODS "softlabel-gan diffaug-gan" by default)
 set -euo pipefail
-S=$1; D=$2; SEED=${3:-0}; METHODS=${4:-softlabel-gan diffaug-gan}; C=/work/main/.venv/bin/cbgan-ext
+VENV=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin  # the repository's set-up (make setup)
+S=$1; D=$2; SEED=${3:-0}; METHODS=${4:-softlabel-gan diffaug-gan}; C=$VENV/cbgan-ext
 mkdir -p $D
 for m in $METHODS; do
   SOFT=$( [ $m = softlabel-gan ] && echo "--soft-labels $S/softlabel/softlabel_classifier.pt" || true )
@@ -21,7 +22,7 @@ done
 # the table of docs/softlabel/README.md's study, next to the recorded 2-D-step runs of the seed (docs/softlabel/seedS)
 [ -f $D/softlabel-gan/eval_raw.json ] && [ -f $D/diffaug-gan/eval_raw.json ] || exit 0
 HERE=$(cd "$(dirname "$0")" && pwd)
-/work/main/.venv/bin/python - "$D" "$HERE/seed$SEED" "$SEED" <<'PY'
+$VENV/python - "$D" "$HERE/seed$SEED" "$SEED" <<'PY'
 import json, sys
 from cbgan_ext import pipeline
 d, rec, seed = sys.argv[1:]

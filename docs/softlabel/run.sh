@@ -4,7 +4,8 @@
 # seed is the recorded main job's stage 3 (docs/main-job; /tmp/final5 on the recording machine), copied in so
 # that it is not trained again; without it the section trains the same annotator itself (seed S + 1).
 set -euo pipefail
-D=$1; C=/work/main/.venv/bin/cbgan-ext; HERE=$(cd "$(dirname "$0")" && pwd)
+VENV=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin  # the repository's set-up (make setup)
+D=$1; C=$VENV/cbgan-ext; HERE=$(cd "$(dirname "$0")" && pwd)
 for S in 0 1 2; do
   mkdir -p $D/seed$S
   [ -f $D/seed$S/annotator.pt ] || [ ! -f /tmp/final5/seed$S/annotator.pt ] || cp /tmp/final5/seed$S/annotator.pt $D/seed$S/
@@ -17,7 +18,7 @@ for S in 0 1 2; do for m in softlabel-gan diffaug-gan smooth-gan; do R=$D/seed$S
       --n 5000 --fid annotator --seed 2024 --lpips-images 0 --generator raw > $R/eval_raw.json
 done; done
 # the main job's own summary over the seeds (from each seed's results.json), then docs/softlabel's tables
-/work/main/.venv/bin/python -c "import json, sys; from cbgan_ext import pipeline; \
+$VENV/python -c "import json, sys; from cbgan_ext import pipeline; \
 print(pipeline.write_summary(sys.argv[1], {s: json.load(open(f'{sys.argv[1]}/seed{s}/results.json')) for s in (0, 1, 2)}))" $D
-/work/main/.venv/bin/python $HERE/summarize.py $D $HERE 0,1,2
+$VENV/python $HERE/summarize.py $D $HERE 0,1,2
 cp $D/summary.md $HERE/summary.md
