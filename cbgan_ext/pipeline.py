@@ -45,38 +45,52 @@ _GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eva
 _CB_SETTINGS = ("lam", "weighting", "cycle", "cb_start")  # only for methods with the CB regularizer
 # BAGAN section: Fashion-MNIST with T-shirt/top (class 0) kept at 150 of 6000 images, BAGAN's networks at
 # width 0.25 (the released widths take ~18 s a step here), the same steps for the three methods.
-_BAGAN = dict(minority_class=0, drop_fraction=0.975, ae_steps=200, eval_samples=2000,
+BAGAN_METHODS = ("bagan", "acgan", "minority-gan")
+# methods: the GANs trained; augment_rows and augment_methods: the augmented classifiers (the real-image rows, then
+# one row per method whose generated images rebalance the training set)
+_BAGAN = dict(methods=BAGAN_METHODS, augment_rows=("plain", "oversample", "mirror"),
+              augment_methods=BAGAN_METHODS, minority_class=0, drop_fraction=0.975, ae_steps=200, eval_samples=2000,
               gan=dict(width=0.25, batch_size=64, steps=400, ckpt_every=100, log_every=50, sample_every=400),
               augment=dict(epochs=3, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
-BAGAN_METHODS = ("bagan", "acgan", "minority-gan")
 # Softlabel section: Softlabel-GAN's offline setting (Fashion-MNIST, lognormal profile, 3208 images, 65-1720 a
 # class), BigGAN-32 at width 0.125 (ch 8): 0.75 s a G step on 2 cores with 2 D steps, 1.3 s with the released 4,
 # so 2 D steps and 800 G steps; the same steps and seed for the three methods. The soft labels come from a
 # ResNet-32 trained with CE - 0.3 H.
-_SOFTLABEL = dict(profile="lognormal", eval_samples=5000, lpips_images=100,
+SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
+_SOFTLABEL = dict(methods=SOFTLABEL_METHODS, profile="lognormal", eval_samples=5000, lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
                                   amp="auto"),
                   gan=dict(width=0.125, batch_size=64, n_dis=2, steps=800, ema_start=400, ema_decay=0.999,
                            eval_every=0, sample_every=400, ckpt_every=100, log_every=50))
-SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
+# The short sections of the default and quick presets: each method's main comparison (BAGAN vs ACGAN with the
+# plain, oversampled and BAGAN-augmented classifiers; Softlabel-GAN vs DiffAug-GAN) at lengths that keep the
+# whole default job near an hour on 2 cores. Their numbers are a look at the pipeline, not the recorded studies.
+_BAGAN_SHORT = dict(_BAGAN, methods=("bagan", "acgan"), augment_rows=("plain", "oversample"),
+                    augment_methods=("bagan",), ae_steps=100, eval_samples=1000, gan=dict(_BAGAN["gan"], steps=200),
+                    augment=dict(_BAGAN["augment"], epochs=1))
+_SOFTLABEL_SHORT = dict(_SOFTLABEL, methods=("softlabel-gan", "diffaug-gan"), eval_samples=2000,
+                        classifier=dict(_SOFTLABEL["classifier"], epochs=10),
+                        gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150, sample_every=300))
 
 PRESETS = {
-    "default": dict(about="the recorded main job (docs/main-job, docs/bagan, docs/softlabel): the cbgan section about 40 "
-                          "minutes on 2 CPU cores; the bagan section 62 minutes at one thread beside another training; the "
-                          "softlabel section 125 minutes a seed at one thread, three seeds side by side (about 40 "
-                          "minutes alone, estimated from its step time)", dataset="fashion-mnist",
-                    imbalance=100.0,
-                    image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000),
-    "quick": dict(about="a first look, about 46 minutes on 2 CPU cores: the cbgan section 10, the bagan section (half the "
-                        "steps, 1 classifier epoch) 19, the softlabel section (300 steps, 10 classifier epochs) 16",
+    "default": dict(about="the main job in about an hour on 2 CPU cores (untimed): the cbgan section as recorded "
+                          "(docs/main-job), then short bagan and softlabel sections (BAGAN vs ACGAN, Softlabel-GAN vs "
+                          "DiffAug-GAN)", dataset="fashion-mnist", imbalance=100.0, image_size=32,
+                    classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000, bagan=_BAGAN_SHORT,
+                    softlabel=_SOFTLABEL_SHORT),
+    "full": dict(about="every section as recorded (docs/main-job, docs/bagan, docs/softlabel), every method of each: "
+                       "about 2½ hours on 2 CPU cores (the cbgan section about 40 minutes, the bagan section 62 "
+                       "minutes at one thread beside another training, the softlabel section about 40 minutes alone, "
+                       "estimated from its step time)", dataset="fashion-mnist", imbalance=100.0, image_size=32,
+                 classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000, bagan=_BAGAN,
+                 softlabel=_SOFTLABEL),
+    "quick": dict(about="a first look: the default's short bagan and softlabel sections after a short cbgan section "
+                        "(4 + 1 classifier epochs, 500 GAN steps); untimed",
                   dataset="fashion-mnist",
                   imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
                   annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
-                  bagan=dict(_BAGAN, ae_steps=100, eval_samples=1000, gan=dict(_BAGAN["gan"], steps=200),
-                             augment=dict(_BAGAN["augment"], epochs=1)),
-                  softlabel=dict(_SOFTLABEL, eval_samples=2000, classifier=dict(_SOFTLABEL["classifier"], epochs=10),
-                                 gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150, sample_every=300))),
+                  bagan=_BAGAN_SHORT, softlabel=_SOFTLABEL_SHORT),
     "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
@@ -88,7 +102,7 @@ PRESETS = {
                             gan=dict(width=0.0625, batch_size=16, steps=3, ckpt_every=2, log_every=1,
                                      sample_every=0),
                             augment=dict(epochs=0.5, width=0.25, depth=8, batch_size=64, lr_schedule="cosine")),
-                 softlabel=dict(profile="exp", eval_samples=100, lpips_images=4,
+                 softlabel=dict(methods=SOFTLABEL_METHODS, profile="exp", eval_samples=100, lpips_images=4,
                                 classifier=dict(_SOFTLABEL["classifier"], epochs=1, depth=8, amp="none"),
                                 gan=dict(width=0.0625, batch_size=16, n_dis=1, steps=3, ema_start=1, ema_decay=0.9,
                                          eval_every=0, sample_every=0, ckpt_every=2, log_every=1))),
@@ -240,9 +254,10 @@ def bagan_section(out, cfg, seed, progress=True):
     _log(f"4b/5 BAGAN section: minority class {b['minority_class']} kept at {data.class_counts[b['minority_class']]} "
          f"of {max(data.class_counts)} images")
     evals, dirs = {}, []
-    for method in BAGAN_METHODS:
+    for method in b["methods"]:
         d = os.path.join(out, "bagan", method)
-        dirs.append(d)
+        if method in b["augment_methods"]:
+            dirs.append(d)
         trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, ae_steps=b["ae_steps"], **b["gan"])
         trainer.config.update(annotator=ann_path)
         trainer.run()
@@ -254,7 +269,7 @@ def bagan_section(out, cfg, seed, progress=True):
                                      normalize=True, value_range=(-1, 1))
         _log(f"    {method}: minority accuracy {evals[method].get('minority_accuracy')}")
     aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
-                       **b["augment"])
+                       rows=tuple(b["augment_rows"]), **b["augment"])
     return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
 
 
@@ -312,7 +327,7 @@ def softlabel_section(out, cfg, seed, threads=None, progress=True):
     soft = soft_labels(clf_path, data)
     ann_path = os.path.join(out, "annotator.pt")
     evals = {}
-    for method in SOFTLABEL_METHODS:
+    for method in sl["methods"]:
         md = os.path.join(d, method)
         needs = get_method(method).needs_soft_labels
         trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress,

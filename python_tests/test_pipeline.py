@@ -157,3 +157,52 @@ def test_demo_refuses_methods_of_other_sections(capsys):
     assert cli.main(["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--methods", "gan",
                      "--sections", "softlabel"]) == 2
     assert "--sections has no cbgan" in capsys.readouterr().err
+
+
+def test_full_preset_is_the_recorded_settings_and_default_keeps_its_cbgan_section():
+    """`full` holds the settings the docs' recordings ran with (read from their own config files); the default
+    preset differs from it only in the bagan and softlabel sections, so docs/main-job's numbers are its own."""
+    docs = os.path.join(ROOT, "docs")
+    full, default = pipeline.resolve_config("full"), pipeline.resolve_config("default")
+    assert {k: v for k, v in default.items() if k not in ("bagan", "softlabel", "preset", "about")} == \
+        {k: v for k, v in full.items() if k not in ("bagan", "softlabel", "preset", "about")}
+    rec = json.load(open(os.path.join(docs, "main-job", "seed0", "results.json")))["config"]
+    for k in ("gan", "classifier", "annotator", "final_samples", "imbalance"):
+        assert full[k] == rec[k], k
+    b = full["bagan"]
+    for m in b["methods"]:
+        c = json.load(open(os.path.join(docs, "bagan", "seed0", f"config_{m}.json")))
+        assert {k: c[k] for k in ("steps", "width", "batch_size")} == \
+            {k: b["gan"][k] for k in ("steps", "width", "batch_size")}
+        assert c["ae_steps"] == (b["ae_steps"] if m == "bagan" else c["ae_steps"])
+    aug = json.load(open(os.path.join(docs, "bagan", "seed0", "augment_results.json")))
+    assert list(aug["rows"]) == [*b["augment_rows"], *b["augment_methods"]]
+    assert {k: aug["classifier"][k] for k in ("epochs", "width", "batch_size", "lr_schedule")} == \
+        {k: b["augment"][k] for k in ("epochs", "width", "batch_size", "lr_schedule")}
+    sl = full["softlabel"]
+    for m in sl["methods"]:
+        c = json.load(open(os.path.join(docs, "softlabel", "seed0", f"config_{m}.json")))
+        assert {k: c[k] for k in sl["gan"] if k in c} == {k: v for k, v in sl["gan"].items() if k in c}
+        assert c["n_dis"] == sl["gan"]["n_dis"] and c["steps"] == sl["gan"]["steps"]
+    # the short sections run each method's main comparison, a subset of the full one
+    for preset in ("default", "quick"):
+        cfg = pipeline.resolve_config(preset)
+        assert cfg["bagan"]["methods"] == ["bagan", "acgan"] and cfg["bagan"]["augment_methods"] == ["bagan"]
+        assert "oversample" in cfg["bagan"]["augment_rows"]
+        assert cfg["softlabel"]["methods"] == ["softlabel-gan", "diffaug-gan"]
+
+
+def test_sections_run_only_their_configured_methods_and_rows(tmp_path, monkeypatch):
+    tiny = json.loads(json.dumps(pipeline.PRESETS["tiny"]))
+    tiny["bagan"].update(methods=["bagan", "acgan"], augment_rows=["plain", "oversample"], augment_methods=["bagan"])
+    tiny["softlabel"]["methods"] = ["diffaug-gan"]
+    monkeypatch.setitem(pipeline.PRESETS, "tiny", tiny)
+    out = tmp_path / "sub"
+    assert cli.main(["demo", "--preset", "tiny", "--out", str(out), "--sections", "bagan,softlabel"]) == 0
+    res = json.load(open(out / "results.json"))
+    assert list(res["bagan"]["eval"]) == ["bagan", "acgan"]
+    assert list(res["bagan"]["augment"]["rows"]) == ["plain", "oversample", "bagan"]
+    assert not (out / "bagan" / "minority-gan").exists() and not (out / "bagan" / "augment" / "acgan").exists()
+    assert list(res["softlabel"]["eval"]) == ["diffaug-gan"] and not (out / "softlabel" / "softlabel-gan").exists()
+    report = open(out / "report.md").read()
+    assert "| acgan |" in report and "| minority-gan |" not in report and "| mirror |" not in report
