@@ -73,19 +73,19 @@ _SOFTLABEL_SHORT = dict(_SOFTLABEL, methods=("softlabel-gan", "diffaug-gan"), ev
                         gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150, sample_every=300))
 
 PRESETS = {
-    "default": dict(about="the main job in about an hour on 2 CPU cores (untimed): the cbgan section as recorded "
-                          "(docs/main-job), then short bagan and softlabel sections (BAGAN vs ACGAN, Softlabel-GAN vs "
-                          "DiffAug-GAN)", dataset="fashion-mnist", imbalance=100.0, image_size=32,
+    "default": dict(about="the main job, 46 minutes on 2 CPU cores (timed, seed 0): the cbgan section as recorded "
+                          "(docs/main-job) 26, then short bagan (9) and softlabel (11) sections: BAGAN vs ACGAN, "
+                          "Softlabel-GAN vs DiffAug-GAN", dataset="fashion-mnist", imbalance=100.0, image_size=32,
                     classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000, bagan=_BAGAN_SHORT,
                     softlabel=_SOFTLABEL_SHORT),
     "full": dict(about="every section as recorded (docs/main-job, docs/bagan, docs/softlabel), every method of each: "
-                       "about 2½ hours on 2 CPU cores (the cbgan section about 40 minutes, the bagan section 62 "
+                       "about 2 hours on 2 CPU cores by its parts (the cbgan section 26 minutes, the bagan section 62 "
                        "minutes at one thread beside another training, the softlabel section about 40 minutes alone, "
                        "estimated from its step time)", dataset="fashion-mnist", imbalance=100.0, image_size=32,
                  classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000, bagan=_BAGAN,
                  softlabel=_SOFTLABEL),
     "quick": dict(about="a first look: the default's short bagan and softlabel sections after a short cbgan section "
-                        "(4 + 1 classifier epochs, 500 GAN steps); untimed",
+                        "(4 + 1 classifier epochs, 500 GAN steps); about 30 minutes by its parts",
                   dataset="fashion-mnist",
                   imbalance=100.0, image_size=32, classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3),
                   annotator=dict(_ANNOTATOR, epochs=1),

@@ -13,12 +13,16 @@
 // through it. Outside grad mode (every ordinary backward) the backward ops go straight to the kernel.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
+
+#include "common/class_balancing.h"
+#include "common/projection.h"
 
 #include <memory>
 #include <string>
@@ -54,10 +58,15 @@ using torch::autograd::variable_list;
 // instead: the same dz = p (g − ⟨p, g⟩) / B with g = w (log p̂ + 1) (0 where p̂ = 0), whose own autograd gives
 // the double backward. The saved probs and mean_probs are not differentiable, so the fused backward op would
 // cut the gradient's dependence on the logits.
+// When the engine will release the graph after this node, the CPU gradient is written into the saved probs
+// (nothing else may hold them): no fresh [B, K] buffer, whose page faults cost as much as the kernel at large K.
 struct ClassBalancingLossBackward : public torch::autograd::Node {
   torch::autograd::SavedVariable probs_, weights_, mean_probs_, logits_;
+  bool releasing_ = false;
 
   std::string name() const override { return "ClassBalancingLossBackward"; }
+
+  void will_release_variables() override { releasing_ = true; }
 
   void release_variables() override {
     probs_.reset_data();
@@ -77,7 +86,13 @@ struct ClassBalancingLossBackward : public torch::autograd::Node {
       return out;
     }
     at::AutoDispatchBelowADInplaceOrView guard;  // grad mode is off: straight to the kernel
-    out[0] = op.call(grads[0], probs_.unpack(), weights_.unpack(), mean_probs_.unpack());
+    at::Tensor probs = probs_.unpack();
+    if (releasing_ && grads[0].is_cpu() && !at::isTensorSubclassLike(grads[0]) &&
+        cb_cpu_probs_in_place(probs, /*other_refs=*/2)) {  // saved + local
+      out[0] = cb_cpu_backward_in_place(grads[0], std::move(probs), weights_.unpack(), mean_probs_.unpack());
+      return out;
+    }
+    out[0] = op.call(grads[0], probs, weights_.unpack(), mean_probs_.unpack());
     return out;
   }
 
@@ -102,10 +117,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
                                                                                            const at::Tensor&)>();
   TORCH_CHECK(!torch::autograd::isFwGradDefined(logits) && !torch::autograd::isFwGradDefined(w),
               "class_balancing_loss: forward-mode AD is not supported; use cbgan_ext.reference.class_balancing_loss");
-  at::Tensor loss, counts, probs, mean_probs;
+  at::Tensor loss, counts, probs, mean_probs, probs_out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     std::tie(loss, counts, probs, mean_probs) = op.call(logits, w);
+    // The caller gets a view of a reused buffer, never the buffer's own tensor: once a tensor has been seen by
+    // Python its wrapper holds a reference for as long as C++ does, and the buffer could not be reused.
+    probs_out = cb_cpu_is_reused(probs) ? probs.alias() : probs;
   }
   if (torch::autograd::compute_requires_grad(logits, w)) {
     auto node = make_node<ClassBalancingLossBackward>();
@@ -116,46 +134,81 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
     node->logits_ = torch::autograd::SavedVariable(logits, false);
     torch::autograd::set_history(loss, node);
   }
-  return {loss, counts, probs, mean_probs};
+  return {loss, counts, probs_out, mean_probs};
 }
 
 // ---- soft-label projection -------------------------------------------------------------------------
 // Saves proj = y E (soft labels) for dh; the backward op computes only the gradients asked for, so a frozen
-// y (a classifier's detached softmax, the paper's case) costs no h Eᵀ product.
-class SoftLabelProjectionFunction : public torch::autograd::Function<SoftLabelProjectionFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& h, const at::Tensor& class_embedding,
-                               const at::Tensor& y) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::soft_label_projection_forward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, proj] = op.call(h, class_embedding, y);
-    ctx->save_for_backward({h, class_embedding, y, proj});
-    ctx->mark_non_differentiable({proj});
-    ctx->set_materialize_grads(false);
-    return {out, proj};
+// y (a classifier's detached softmax, the paper's case) costs no h Eᵀ product. A hand-written Node (as class
+// balancing's) so that, when the engine will release the graph, the CPU dh = g ⊙ proj is written into the saved
+// proj: no fresh [B, L] buffer a step. Under create_graph the backward op's own autograd (below) builds the
+// double backward.
+struct SoftLabelProjectionBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable h_, E_, y_, proj_;
+  bool soft_ = false, releasing_ = false;
+
+  std::string name() const override { return "SoftLabelProjectionBackward"; }
+
+  void will_release_variables() override { releasing_ = true; }
+
+  void release_variables() override {
+    h_.reset_data();
+    E_.reset_data();
+    y_.reset_data();
+    proj_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("cbgan_ext::_soft_label_projection_backward", "")
                          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
                              const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                              const at::Tensor&, std::array<bool, 3>)>();
-    const auto saved = ctx->get_saved_variables();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      saved[2].is_floating_point() && ctx->needs_input_grad(2)};
-    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2])) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    auto [dh, dE, dy] = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], mask);
-    return {mask[0] ? dh : at::Tensor(), mask[1] ? dE : at::Tensor(), mask[2] ? dy : at::Tensor()};
+    variable_list out(3);
+    const std::array<bool, 3> mask = {should_compute_output(0), should_compute_output(1),
+                                      soft_ && should_compute_output(2)};
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2])) return out;
+    at::Tensor h = h_.unpack(), E = E_.unpack(), y = y_.unpack(), proj = proj_.unpack();
+    at::Tensor dh, dE, dy;
+    if (releasing_ && mask[0] && !at::GradMode::is_enabled() && grads[0].is_cpu() &&
+        !at::isTensorSubclassLike(grads[0]) && proj_cpu_in_place(proj, h, /*other_refs=*/2)) {  // saved + local
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(dh, dE, dy) = proj_cpu_backward_in_place(grads[0], h, E, y, std::move(proj), mask);
+    } else {
+      std::tie(dh, dE, dy) = op.call(grads[0], h, E, y, proj, mask);  // in grad mode: the double backward's node
+    }
+    if (mask[0]) out[0] = dh;
+    if (mask[1]) out[1] = dE;
+    if (mask[2]) out[2] = dy;
+    return out;
   }
 };
 
 std::tuple<at::Tensor, at::Tensor> soft_label_projection_autograd(const at::Tensor& h, const at::Tensor& E,
                                                                   const at::Tensor& y) {
-  auto out = SoftLabelProjectionFunction::apply(h, E, y);
-  return {out[0], out[1]};
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("cbgan_ext::soft_label_projection_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  TORCH_CHECK(!torch::autograd::isFwGradDefined(h) && !torch::autograd::isFwGradDefined(E) &&
+                  !torch::autograd::isFwGradDefined(y),
+              "soft_label_projection: forward-mode AD is not supported; use cbgan_ext.reference.soft_label_projection");
+  at::Tensor out, proj, proj_out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(out, proj) = op.call(h, E, y);
+    proj_out = proj_cpu_is_reused(proj) ? proj.alias() : proj;  // as class balancing's probs
+  }
+  if (torch::autograd::compute_requires_grad(h, E, y)) {
+    auto node = make_node<SoftLabelProjectionBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(h, E, y));
+    node->h_ = torch::autograd::SavedVariable(h, false);
+    node->E_ = torch::autograd::SavedVariable(E, false);
+    node->y_ = torch::autograd::SavedVariable(y, false);
+    node->proj_ = torch::autograd::SavedVariable(proj, false);
+    node->soft_ = y.is_floating_point();
+    torch::autograd::set_history(out, node);
+  }
+  return {out, proj_out};
 }
 
 // The backward op's own autograd: the double backward of the projection (gradient penalties, R1 through a

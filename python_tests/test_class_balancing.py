@@ -262,3 +262,65 @@ def test_retain_graph_and_a_second_backward():
     assert torch.equal(g1, g2)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         torch.autograd.grad(loss, x)
+
+
+@pytest.mark.parametrize("K", [100, 1010])
+def test_a_training_loop_reuses_one_buffer_and_stays_exact(K):
+    """Step after step the CPU op hands out the same probs buffer (no fresh [B, K] buffer a step) and the
+    backward writes the gradient into it, with the reference's gradients every step."""
+    g = torch.Generator().manual_seed(K)
+    w = torch.rand(K, generator=g) + 0.1
+    ptrs = []
+    for step in range(4):
+        x = torch.randn(256, K, generator=g, requires_grad=True)
+        h = x * 1.0  # not a leaf: the gradient goes on to MulBackward and is freed, as in a network
+        loss, _, probs, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(h, w)
+        ptrs.append(probs.data_ptr())  # a view of the buffer, let go before the backward
+        del probs
+        if step < 3:
+            loss.backward()
+            got = x.grad
+        else:  # the gradient itself: written where probs were
+            got, = torch.autograd.grad(loss, h)
+            assert got.data_ptr() == ptrs[-1]
+        xr = x.detach().double().requires_grad_()
+        ref, = torch.autograd.grad(_eq7(xr, w), xr)
+        assert (got.double() - ref).abs().max() <= TOL[torch.float32] * 10 * ref.abs().max()
+    assert len(set(ptrs)) == 1, ptrs
+
+
+def test_the_in_place_gradient_is_the_kernels_bit_for_bit():
+    for K in (100, 1010):
+        x = torch.randn(256, K, requires_grad=True)
+        w = torch.rand(K) + 0.1
+        loss, _, probs, mean = torch.ops.cbgan_ext.class_balancing_loss_forward(x, w)
+        expect = torch.ops.cbgan_ext._class_balancing_loss_backward(torch.ones(()), probs, w, mean)
+        at = probs.data_ptr()
+        del probs
+        got, = torch.autograd.grad(loss, x)
+        assert got.data_ptr() == at and torch.equal(got, expect)
+
+
+def test_what_a_caller_holds_is_never_overwritten():
+    K = 1010
+    w = torch.rand(K) + 0.1
+    x = torch.randn(256, K, requires_grad=True)
+    loss, _, probs, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(x, w)  # the caller keeps probs
+    keep = probs.clone()
+    loss.backward()
+    assert torch.equal(probs, keep)
+    _, _, probs2, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(x.detach(), w)
+    assert probs2.data_ptr() != probs.data_ptr() and torch.equal(probs2, keep)
+    del probs2
+    kept = []  # a gradient kept by a hook survives the next steps
+    h = x * 1.0
+    h.register_hook(kept.append)
+    ops.class_balancing_loss(h, w).backward()
+    snapshot = kept[0].clone()
+    for _ in range(2):
+        ops.class_balancing_loss(x * 1.0, w).backward()
+        assert torch.equal(kept[0], snapshot)
+    loss = ops.class_balancing_loss(x * 1.0, w)  # a retained graph keeps its probs for the second backward
+    g1, = torch.autograd.grad(loss, x, retain_graph=True)
+    g2, = torch.autograd.grad(loss, x)
+    assert torch.equal(g1, g2)

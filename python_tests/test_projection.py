@@ -443,3 +443,57 @@ def test_cuda_kernels_guard_bad_labels_without_poisoning_context():
     expect = torch.zeros_like(E).index_add_(0, torch.tensor([0, 1], device="cuda"), h[[0, 2]])
     assert torch.allclose(dE, expect)
     assert torch.isfinite(ops.soft_label_projection(h, E, torch.tensor([4, 0, 3], device="cuda"))).all()
+
+
+@pytest.mark.parametrize("L,K", [(512, 10), (1024, 100)])  # the fused loop and the BLAS path
+def test_a_training_loop_reuses_one_buffer_and_stays_exact(L, K):
+    """Step after step the CPU op hands out the same proj buffer (no fresh [B, L] buffer a step) and the
+    backward writes dh into it, with the reference's gradients every step."""
+    g = torch.Generator().manual_seed(L + K)
+    E = torch.randn(K, L, generator=g, requires_grad=True)
+    ptrs = []
+    for step in range(4):
+        h0 = torch.randn(256, L, generator=g, requires_grad=True)
+        y = torch.softmax(torch.randn(256, K, generator=g), 1).requires_grad_()
+        h = h0 * 1.0  # not a leaf: dh goes on to MulBackward and is freed, as in a network
+        out, proj = torch.ops.cbgan_ext.soft_label_projection_forward(h, E, y)
+        ptrs.append(proj.data_ptr())  # a view of the buffer, let go before the backward
+        del proj
+        E.grad = None
+        if step < 3:
+            out.sum().backward()
+            got = (h0.grad, E.grad, y.grad)
+        else:  # dh itself: written where proj was
+            got = torch.autograd.grad(out.sum(), (h, E, y))
+            assert got[0].data_ptr() == ptrs[-1]
+        r = [t.detach().double().requires_grad_() for t in (h0, E, y)]
+        refs = torch.autograd.grad(_einsum(*r).sum(), r)
+        for a, ref in zip(got, refs):
+            assert (a.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert len(set(ptrs)) == 1, ptrs
+
+
+def test_what_a_caller_holds_is_never_overwritten():
+    L, K = 512, 10
+    h = torch.randn(256, L, requires_grad=True)
+    E = torch.randn(K, L, requires_grad=True)
+    y = _soft(256, K, torch.float32, "cpu")
+    out, proj = torch.ops.cbgan_ext.soft_label_projection_forward(h, E, y)  # the caller keeps proj
+    keep = proj.clone()
+    out.sum().backward()
+    assert torch.equal(proj, keep)
+    _, proj2 = torch.ops.cbgan_ext.soft_label_projection_forward(h.detach(), E.detach(), y)
+    assert proj2.data_ptr() != proj.data_ptr() and torch.equal(proj2, keep)
+    del proj2
+    kept = []  # a gradient kept by a hook survives the next steps
+    hh = h * 1.0
+    hh.register_hook(kept.append)
+    ops.soft_label_projection(hh, E, y).sum().backward()
+    snapshot = kept[0].clone()
+    for _ in range(2):
+        ops.soft_label_projection(h * 1.0, E, y).sum().backward()
+        assert torch.equal(kept[0], snapshot)
+    out = ops.soft_label_projection(h * 1.0, E, y).sum()  # a retained graph keeps its proj for the second backward
+    g1 = torch.autograd.grad(out, (h, E), retain_graph=True)
+    g2 = torch.autograd.grad(out, (h, E))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))

@@ -21,6 +21,14 @@
 
 namespace cbgan_ext {
 
+// The CPU backward written into the saved probs (csrc/cpu/class_balancing.cpp), for the autograd node when the
+// graph is being released: cb_cpu_probs_in_place says whether probs is a contiguous CPU buffer held by nothing
+// but the other_refs handles the caller knows of (and the kernel's own reuse slot).
+bool cb_cpu_probs_in_place(const at::Tensor& probs, int64_t other_refs);
+bool cb_cpu_is_reused(const at::Tensor& probs);  // the kernel's reuse slot on this thread
+at::Tensor cb_cpu_backward_in_place(const at::Tensor& grad_loss, at::Tensor probs, const at::Tensor& w,
+                                    const at::Tensor& mean_probs);
+
 // Rows per partial sum. Partial column sums are reduced in a fixed order on both backends, so the result
 // does not depend on the thread count (deterministic, and CPU/CUDA agree to rounding).
 constexpr int64_t kCBRowsPerChunk = 32;

@@ -26,6 +26,16 @@ namespace cbgan_ext {
 // packing and the extra passes over [B, L] dominate when K is small); above it the products go to at::mm.
 constexpr int64_t kProjFusedMaxK = 32;
 
+// The CPU backward with dh written into the saved proj (csrc/cpu/projection.cpp), for the autograd node when the
+// graph is being released: proj_cpu_in_place says whether proj is a contiguous CPU [B, L] buffer held by nothing
+// but the other_refs handles the caller knows of (and the kernel's own reuse slot).
+bool proj_cpu_in_place(const at::Tensor& proj, const at::Tensor& h, int64_t other_refs);
+bool proj_cpu_is_reused(const at::Tensor& proj);  // the kernel's reuse slot on this thread
+std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_cpu_backward_in_place(const at::Tensor& grad_out,
+                                                                          const at::Tensor& h, const at::Tensor& E,
+                                                                          const at::Tensor& y, at::Tensor proj,
+                                                                          std::array<bool, 3> mask);
+
 inline bool proj_is_hard(const at::Tensor& y) {
   return !at::isFloatingType(y.scalar_type());
 }

@@ -18,6 +18,7 @@
 
 #include "../common/class_balancing.h"
 #include "../common/fast_math.h"
+#include "reuse.h"
 
 namespace cbgan_ext {
 namespace {
@@ -226,6 +227,8 @@ void cb_chunk(int, const double* z, double* p, double* acc, int64_t* cnt, int64_
   }
 }
 
+thread_local at::Tensor tl_probs;  // the probs buffer of this thread's last call (reuse.h)
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const at::Tensor& logits_in,
                                                                           const at::Tensor& w_in) {
   check_cb_inputs(logits_in, w_in);
@@ -233,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
   const int64_t B = logits.size(0), K = logits.size(1);
   const auto acc_type = at::toOpMathType(logits.scalar_type());
   const at::Tensor w = as_contiguous(w_in, acc_type);
-  at::Tensor probs = at::empty_like(logits);
+  at::Tensor probs = reuse_or_empty(tl_probs, logits.sizes(), logits.options());
   at::Tensor counts = at::empty({K}, logits.options().dtype(at::kLong));  // every entry is written below
   at::Tensor mean_probs = at::empty({K}, logits.options().dtype(acc_type));
   at::Tensor loss = at::empty({}, logits.options().dtype(acc_type));
@@ -337,15 +340,13 @@ void cb_backward_rows(int, const scalar_t* p, const acc_t* g, scalar_t* out, int
   }
 }
 
-at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_in, const at::Tensor& w_in,
-                           const at::Tensor& mean_probs) {
-  check_cb_backward_inputs(grad_loss, probs_in, w_in, mean_probs);
-  const at::Tensor probs = probs_in.contiguous();
+// grad may be probs itself: each row's dot is taken before the row is written, element k from p[k] only.
+void cb_backward_into(const at::Tensor& grad_loss, const at::Tensor& probs, const at::Tensor& w_in,
+                      const at::Tensor& mean_probs, at::Tensor& grad) {
   const int64_t B = probs.size(0), K = probs.size(1);
   const auto acc_type = mean_probs.scalar_type();
   const at::Tensor w = as_contiguous(w_in, acc_type);
   const at::Tensor mp = mean_probs.contiguous();
-  at::Tensor grad = at::empty_like(probs);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, probs.scalar_type(), "class_balancing_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     // the engine's grad_loss is a CPU scalar of the loss's dtype: read it without a dispatched item()
@@ -362,10 +363,31 @@ at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_
       cb_backward_rows(W, p + b0 * K, g.data(), out + b0 * K, b1 - b0, K, invB);
     });
   });
+}
+
+at::Tensor cb_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& probs_in, const at::Tensor& w_in,
+                           const at::Tensor& mean_probs) {
+  check_cb_backward_inputs(grad_loss, probs_in, w_in, mean_probs);
+  const at::Tensor probs = probs_in.contiguous();
+  at::Tensor grad = at::empty_like(probs);
+  cb_backward_into(grad_loss, probs, w_in, mean_probs, grad);
   return grad;
 }
 
 }  // namespace
+
+bool cb_cpu_is_reused(const at::Tensor& probs) { return in_slot(probs, tl_probs); }
+
+bool cb_cpu_probs_in_place(const at::Tensor& probs, int64_t other_refs) {
+  return writable(probs, tl_probs, other_refs);
+}
+
+at::Tensor cb_cpu_backward_in_place(const at::Tensor& grad_loss, at::Tensor probs, const at::Tensor& w,
+                                    const at::Tensor& mean_probs) {
+  check_cb_backward_inputs(grad_loss, probs, w, mean_probs);
+  cb_backward_into(grad_loss, probs, w, mean_probs, probs);
+  return probs;
+}
 
 TORCH_LIBRARY_IMPL(cbgan_ext, CPU, m) {
   m.impl("class_balancing_loss_forward", &cb_forward_cpu);

@@ -22,6 +22,7 @@
 
 #include "../common/fast_math.h"
 #include "../common/projection.h"
+#include "reuse.h"
 
 namespace cbgan_ext {
 namespace {
@@ -374,6 +375,8 @@ void hard_scatter(const acc_t* g, const scalar_t* h, const int64_t* lab, acc_t* 
 
 // ---- entry points -----------------------------------------------------------------------------------------
 
+thread_local at::Tensor tl_proj;  // the proj buffer of this thread's last call (reuse.h)
+
 std::tuple<at::Tensor, at::Tensor> proj_forward_cpu(const at::Tensor& h_in, const at::Tensor& E_in,
                                                    const at::Tensor& y_in) {
   check_proj_inputs(h_in, E_in, y_in);
@@ -395,12 +398,13 @@ std::tuple<at::Tensor, at::Tensor> proj_forward_cpu(const at::Tensor& h_in, cons
   const at::Tensor y = y_in.contiguous();
   if (K <= kProjFusedMaxK && h.scalar_type() == at::kFloat) {
     const at::Tensor E = E_in.contiguous();  // at most kProjFusedMaxK rows: copying a transposed view is cheap
-    at::Tensor P = at::empty({B, L}, h.options());
+    at::Tensor P = reuse_or_empty(tl_proj, {B, L}, h.options());
     soft_forward_fused(h.data_ptr<float>(), E.data_ptr<float>(), y.data_ptr<float>(), out.data_ptr<float>(),
                        P.data_ptr<float>(), B, K, L);
     return {out, P};
   }
-  at::Tensor P = at::mm(y, E_in);
+  at::Tensor P = reuse_or_empty(tl_proj, {B, L}, h.options());
+  at::mm_out(P, y, E_in);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "soft_label_projection", [&] {
     rowdot<scalar_t, at::opmath_type<scalar_t>>(P.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
                                                 out.data_ptr<scalar_t>(), B, L);
@@ -408,10 +412,12 @@ std::tuple<at::Tensor, at::Tensor> proj_forward_cpu(const at::Tensor& h_in, cons
   return {out, P};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tensor& grad_out, const at::Tensor& h_in,
-                                                                  const at::Tensor& E_in, const at::Tensor& y_in,
-                                                                  const at::Tensor& proj, std::array<bool, 3> mask) {
-  check_proj_backward_inputs(grad_out, h_in, E_in, y_in, proj);
+// dh_out: where dh goes (proj itself for the autograd node's in-place backward: each element of dh is written
+// from the same element of P, which nothing else reads), or undefined for a new tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_impl(const at::Tensor& grad_out, const at::Tensor& h_in,
+                                                                   const at::Tensor& E_in, const at::Tensor& y_in,
+                                                                   const at::Tensor& proj, std::array<bool, 3> mask,
+                                                                   const at::Tensor& dh_out) {
   const at::Tensor h = h_in.contiguous();
   const int64_t B = h.size(0), L = h.size(1), K = E_in.size(0);
   const bool hard = proj_is_hard(y_in);
@@ -422,7 +428,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
   const at::Tensor y = y_in.contiguous();
   // Outputs must not alias one another (schema): each skipped gradient is its own empty tensor.
   auto none = [&] { return at::empty({0}, h.options()); };
-  at::Tensor dh = need_dh ? at::empty({B, L}, h.options()) : none();
+  at::Tensor dh = !need_dh ? none() : dh_out.defined() ? dh_out : at::empty({B, L}, h.options());
   at::Tensor dE, dy = none();
 
   if (hard) {
@@ -463,7 +469,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tenso
   return {dh, need_dE ? at::mm(yg.t(), h) : none(), need_dy ? S : none()};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_backward_cpu(const at::Tensor& grad_out, const at::Tensor& h,
+                                                                  const at::Tensor& E, const at::Tensor& y,
+                                                                  const at::Tensor& proj, std::array<bool, 3> mask) {
+  check_proj_backward_inputs(grad_out, h, E, y, proj);
+  return proj_backward_impl(grad_out, h, E, y, proj, mask, at::Tensor());
+}
+
 }  // namespace
+
+bool proj_cpu_is_reused(const at::Tensor& proj) { return in_slot(proj, tl_proj); }
+
+bool proj_cpu_in_place(const at::Tensor& proj, const at::Tensor& h, int64_t other_refs) {
+  return proj.dim() == 2 && proj.sizes() == h.sizes() && proj.scalar_type() == h.scalar_type() &&
+         writable(proj, tl_proj, other_refs);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> proj_cpu_backward_in_place(const at::Tensor& grad_out,
+                                                                          const at::Tensor& h, const at::Tensor& E,
+                                                                          const at::Tensor& y, at::Tensor proj,
+                                                                          std::array<bool, 3> mask) {
+  check_proj_backward_inputs(grad_out, h, E, y, proj);
+  return proj_backward_impl(grad_out, h, E, y, proj, mask, proj);
+}
 
 TORCH_LIBRARY_IMPL(cbgan_ext, CPU, m) {
   m.impl("soft_label_projection_forward", &proj_forward_cpu);

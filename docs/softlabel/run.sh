@@ -9,7 +9,7 @@ D=$1; C=$VENV/cbgan-ext; HERE=$(cd "$(dirname "$0")" && pwd)
 for S in 0 1 2; do
   mkdir -p $D/seed$S
   [ -f $D/seed$S/annotator.pt ] || [ ! -f /tmp/final5/seed$S/annotator.pt ] || cp /tmp/final5/seed$S/annotator.pt $D/seed$S/
-  $C demo --sections softlabel --out $D/seed$S --seed $S --threads 1 > $D/seed$S.log 2>&1 &
+  $C demo --preset full --sections softlabel --out $D/seed$S --seed $S --threads 1 > $D/seed$S.log 2>&1 &
 done
 wait
 # G as trained (not its EMA) of every run, the same annotator, n and seed as the section's evaluation
