@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/TensorSubclassLikeUtils.h>
+#include <c10/util/accumulate.h>
 
 namespace cbgan_ext {
 
@@ -20,9 +21,8 @@ inline bool sole_handle(const at::Tensor& t) {
 // A contiguous [sizes] tensor of opts: the slot's buffer when it is free and fits, else a new one (kept in the
 // slot when mid-sized).
 inline at::Tensor reuse_or_empty(at::Tensor& slot, at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  int64_t n = 1;
-  for (int64_t s : sizes) n *= s;
-  const int64_t bytes = n * static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
+  const int64_t bytes = c10::multiply_integers(sizes) *
+                        static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(opts.dtype())));
   if (bytes < kReuseMinBytes || bytes > kReuseMaxBytes) return at::empty(sizes, opts);
   if (sole_handle(slot) && slot.sizes() == sizes && slot.dtype() == opts.dtype() && slot.device() == opts.device())
     return slot;
