@@ -324,3 +324,38 @@ def test_what_a_caller_holds_is_never_overwritten():
     g1, = torch.autograd.grad(loss, x, retain_graph=True)
     g2, = torch.autograd.grad(loss, x)
     assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("K", [17, 33, 100, 1010])
+def test_rows_side_by_side_equal_rows_alone_bit_for_bit(K):
+    """The CPU kernel runs float rows four at a time and the rest one at a time: a row's probs, and its argmax,
+    must not depend on which way it went."""
+    g = torch.Generator().manual_seed(K)
+    x = 5 * torch.randn(7, K, generator=g)
+    x[2, 1] = float("nan")  # a NaN row among the four side by side
+    w = torch.rand(K, generator=g) + 0.1
+    _, counts, probs, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(x, w)
+    for b in range(7):
+        _, c1, p1, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(x[b:b + 1].clone(), w)
+        assert torch.equal(p1[0], probs[b]) or (b == 2 and p1[0].isnan().all() and probs[b].isnan().all())
+    assert torch.equal(counts, reference.argmax_counts(x))
+
+
+@pytest.mark.parametrize("K", [64, 100, 1010])
+def test_class_logs_are_libm_accurate_over_the_whole_range(K):
+    """From 64 classes the CPU kernels take log p̂ from their own vector log. The backward op reads mean_probs
+    as given: with probs rows (1/2 at class 0, 1/2 at class j) and p̂_0 = 1, w = 1, the gradient at (j, j) is
+    (log p̂_j - log 1) / (4 B), which shows each log, denormal p̂ included."""
+    g = torch.Generator().manual_seed(K)
+    B = K - 1
+    mean = torch.ones(K)
+    mean[1:] = torch.exp(torch.empty(B).uniform_(-103.0, 0.0, generator=g))  # down into float32's denormals
+    mean[1] = 1.4e-45  # the smallest denormal
+    probs = torch.zeros(B, K)
+    probs[:, 0] = 0.5
+    probs[torch.arange(B), torch.arange(1, K)] = 0.5
+    grad = torch.ops.cbgan_ext._class_balancing_loss_backward(torch.ones(()), probs, torch.ones(K), mean)
+    got = grad[torch.arange(B), torch.arange(1, K)].double() * 4 * B
+    expect = mean[1:].double().log()
+    # (g_j - <p, g>) cancels half of g_j + g_0: float32 rounding of numbers of size |log p̂|
+    assert ((got - expect).abs() <= 4e-7 * expect.abs().clamp(min=1)).all(), (got - expect).abs().max()

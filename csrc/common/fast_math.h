@@ -95,6 +95,34 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_fast(typename Vec<W>::f x
   return y * (F)bits;
 }
 
+// log(x) for finite x > 0, denormals included: Cephes logf's polynomial, relative error below 2e-7 away from
+// x = 1 and absolute below 1e-7 near it. Callers handle 0, NaN and Inf.
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f log_positive(typename Vec<W>::f x) {
+  typedef typename Vec<W>::i I;
+  typedef typename Vec<W>::f F;
+  const I tiny = x < 1.17549435e-38f;  // a denormal: scale into the normal range first
+  x = select<W>(tiny, x * 8388608.0f, x);
+  const I bits = (I)x;
+  I e = ((bits >> 23) & 0xff) - 126 - (tiny & 23);  // x = m 2^e, m in [0.5, 1)
+  F m = (F)((bits & 0x007fffff) | 0x3f000000);
+  const I low = m < 0.707106781186547524f;  // then take m in [sqrt(1/2), sqrt(2)) about 1
+  e += low;                                  // masks are -1 where true
+  m = select<W>(low, m + m, m) - 1.0f;
+  const F z = m * m;
+  F y = m * 7.0376836292e-2f - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  const F fe = __builtin_convertvector(e, F);
+  y = y * m * z + fe * -2.12194440e-4f - 0.5f * z;
+  return (m + y) + fe * 0.693359375f;
+}
+
 template <int W>
 CBGAN_ALWAYS_INLINE float hsum(typename Vec<W>::f v) {
   float s = 0.0f;

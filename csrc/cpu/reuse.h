@@ -42,7 +42,7 @@ inline bool writable(const at::Tensor& t, const at::Tensor& slot, int64_t other_
   if (!t.defined() || at::isTensorSubclassLike(t) || !t.is_cpu() || t.layout() != at::kStrided || !t.has_storage() ||
       !t.is_contiguous() || t.storage().use_count() != 1)
     return false;
-  return t.use_count() == other_refs + (in_slot(t, slot) ? 1 : 0);
+  return static_cast<int64_t>(t.use_count()) == other_refs + (in_slot(t, slot) ? 1 : 0);
 }
 
 }  // namespace cbgan_ext
