@@ -105,14 +105,35 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
 // reduction the next pass waits for; at K = 100 those waits took half the row's time. R independent rows side
 // by side fill them. Per row the same operations in the same order as cb_chunk_simd's float path (the max and
 // first argmax are exact whatever the chains), and the column sums take the rows in order: bit for bit the same.
+// Each pass runs its whole vectors first and the padded last one after, so the loops carry no per-vector choice.
+template <int W>
+CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m, typename simd::Vec<W>::i& idx,
+                                  typename simd::Vec<W>::i kv) {
+  typedef typename simd::Vec<W>::i I;
+  const auto v = simd::load<W>(src);
+  const I gt = v > m;
+  m = simd::select<W>(gt, v, m);
+  idx = (kv & gt) | (idx & ~gt);
+}
+
+template <int W, bool kFastExp>
+CBGAN_ALWAYS_INLINE typename simd::Vec<W>::f exp_step(const float* src, float* dst, float best) {
+  const auto x = simd::load<W>(src) - best;
+  const auto v = kFastExp ? simd::exp_nonpositive_fast<W>(x) : simd::exp_nonpositive<W>(x);
+  simd::store<W>(dst, v);
+  return v;
+}
+
 // tails: R·W floats, each row's last partial vector padded with -inf (exp(-inf) = 0).
-template <int W, int R>
+template <int W, int R, bool kFastExp>
 CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int64_t* cnt, int64_t K, float* tails) {
   typedef typename simd::Vec<W>::f F;
   typedef typename simd::Vec<W>::i I;
-  const int64_t Kv = K / W * W, Kp = (K + W - 1) / W * W;
-  for (int r = 0; r < R; ++r)
-    for (int64_t k = Kv; k < Kp; ++k) tails[r * W + k - Kv] = k < K ? z[r * K + k] : -INFINITY;
+  const int64_t Kv = K / W * W;
+  const bool tail = Kv < K;
+  if (tail)
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < W; ++j) tails[r * W + j] = Kv + j < K ? z[r * K + Kv + j] : -INFINITY;
   F m[R];
   I idx[R];
   I kv;
@@ -121,15 +142,12 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
     m[r] = F{} - INFINITY;
     idx[r] = I{} + static_cast<int32_t>(K);
   }
-  for (int64_t k = 0; k < Kp; k += W) {
-    for (int r = 0; r < R; ++r) {
-      const F v = simd::load<W>(k < Kv ? z + r * K + k : tails + r * W);
-      const I gt = v > m[r];
-      m[r] = simd::select<W>(gt, v, m[r]);
-      idx[r] = (kv & gt) | (idx[r] & ~gt);
-    }
+  for (int64_t k = 0; k < Kv; k += W) {
+    for (int r = 0; r < R; ++r) max_step<W>(z + r * K + k, m[r], idx[r], kv);
     kv += W;
   }
+  if (tail)
+    for (int r = 0; r < R; ++r) max_step<W>(tails + r * W, m[r], idx[r], kv);
   float best[R];
   int64_t am[R];
   for (int r = 0; r < R; ++r) {  // across lanes: the larger value, or the smaller index among equal ones
@@ -141,16 +159,13 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
       am[r] = take ? idx[r][j] : am[r];
     }
   }
+  // row by row: the exp's constants fill the registers, and the rows' sums need no other row's
   F s[R];
-  for (int r = 0; r < R; ++r) s[r] = F{};
-  for (int64_t k = 0; k < Kp; k += W) {
-    for (int r = 0; r < R; ++r) {
-      float* dst = k < Kv ? p + r * K + k : tails + r * W;
-      const F x = simd::load<W>(k < Kv ? z + r * K + k : dst) - best[r];
-      const F v = K >= kCBFastExpMinK ? simd::exp_nonpositive_fast<W>(x) : simd::exp_nonpositive<W>(x);
-      simd::store<W>(dst, v);
-      s[r] += v;
-    }
+  for (int r = 0; r < R; ++r) {
+    F acc_r = F{};
+    for (int64_t k = 0; k < Kv; k += W) acc_r += exp_step<W, kFastExp>(z + r * K + k, p + r * K + k, best[r]);
+    if (tail) acc_r += exp_step<W, kFastExp>(tails + r * W, tails + r * W, best[r]);
+    s[r] = acc_r;
   }
   float inv[R];
   for (int r = 0; r < R; ++r) {
@@ -160,18 +175,33 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
     cnt[am[r]] += 1;
     inv[r] = 1.0f / sum;
   }
-  for (int64_t k = 0; k < Kp; k += W) {
+  for (int64_t k = 0; k < Kv; k += W) {
     F a = simd::load<W>(acc + k);
     for (int r = 0; r < R; ++r) {
-      float* dst = k < Kv ? p + r * K + k : tails + r * W;
-      const F v = simd::load<W>(dst) * inv[r];
-      simd::store<W>(dst, v);
+      const F v = simd::load<W>(p + r * K + k) * inv[r];
+      simd::store<W>(p + r * K + k, v);
       a += v;
     }
     simd::store<W>(acc + k, a);
   }
-  for (int r = 0; r < R; ++r)
-    for (int64_t k = Kv; k < K; ++k) p[r * K + k] = tails[r * W + k - Kv];
+  if (tail) {
+    F a = simd::load<W>(acc + Kv);
+    for (int r = 0; r < R; ++r) {
+      const F v = simd::load<W>(tails + r * W) * inv[r];
+      a += v;
+      for (int64_t k = Kv; k < K; ++k) p[r * K + k] = v[k - Kv];
+    }
+    simd::store<W>(acc + Kv, a);
+  }
+}
+
+template <int W, bool kFastExp>
+CBGAN_ALWAYS_INLINE void cb_chunk_float(const float* z, float* p, float* acc, int64_t* cnt, int64_t rows, int64_t K,
+                                        float* tails) {
+  int64_t b = 0;
+  for (; b + kCBRowsSideBySide <= rows; b += kCBRowsSideBySide)
+    cb_rows_float<W, kCBRowsSideBySide, kFastExp>(z + b * K, p + b * K, acc, cnt, K, tails);
+  for (; b < rows; ++b) cb_rows_float<W, 1, kFastExp>(z + b * K, p + b * K, acc, cnt, K, tails);
 }
 
 // ---- one chunk of rows, float accumulation, W lanes ------------------------------------------------
@@ -183,11 +213,8 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
   typedef typename simd::Vec<W>::i I;
   if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, cnt, rows, K, e);
   if constexpr (std::is_same<scalar_t, float>::value) {
-    int64_t b = 0;
-    for (; b + kCBRowsSideBySide <= rows; b += kCBRowsSideBySide)
-      cb_rows_float<W, kCBRowsSideBySide>(z + b * K, p + b * K, acc, cnt, K, e);
-    for (; b < rows; ++b) cb_rows_float<W, 1>(z + b * K, p + b * K, acc, cnt, K, e);
-    return;
+    if (K >= kCBFastExpMinK) return cb_chunk_float<W, true>(z, p, acc, cnt, rows, K, e);
+    return cb_chunk_float<W, false>(z, p, acc, cnt, rows, K, e);
   }
   // float rows are read and written in place; half rows go through the float scratch e. Either way the
   // last partial vector is padded with -inf (exp(-inf) = 0) in e's tail.
@@ -381,8 +408,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
     scalar_t* p = probs.data_ptr<scalar_t>();
     std::vector<acc_t> partial(nchunks * Kp, acc_t(0));
     std::vector<int64_t> part_counts(nchunks * K, 0);
-    // Small problems stay on one thread: a parallel region costs more than the work.
-    const int64_t grain = std::max<int64_t>(1, 32768 / (kCBRowsPerChunk * K));
+    // Below about 8k elements a parallel region costs more than the work (K = 10 stays on one thread); at
+    // B = 256, K = 100 a second thread already pays, as it does for torch.softmax.
+    const int64_t grain = std::max<int64_t>(1, 8192 / (kCBRowsPerChunk * K));
     at::parallel_for(0, nchunks, grain, [&](int64_t c0, int64_t c1) {
       std::vector<acc_t> e(scratch);
       for (int64_t c = c0; c < c1; ++c) {
@@ -499,7 +527,7 @@ void cb_backward_into(const at::Tensor& grad_loss, const at::Tensor& probs, cons
     const scalar_t* p = probs.data_ptr<scalar_t>();
     scalar_t* out = grad.data_ptr<scalar_t>();
     const acc_t invB = acc_t(1) / static_cast<acc_t>(B);
-    const int64_t grain = std::max<int64_t>(1, 32768 / K);
+    const int64_t grain = std::max<int64_t>(1, 8192 / K);
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       cb_backward_rows(W, p + b0 * K, g.data(), out + b0 * K, b1 - b0, K, invB);
     });
