@@ -103,8 +103,9 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
 // ---- float rows, R at a time -------------------------------------------------------------------------
 // One row's passes form a chain (max and argmax, then exp and sum, then normalise), each ending in a cross-lane
 // reduction the next pass waits for; at K = 100 those waits took half the row's time. R independent rows side
-// by side fill them. Per row the same operations in the same order as cb_chunk_simd's float path (the max and
-// first argmax are exact whatever the chains), and the column sums take the rows in order: bit for bit the same.
+// by side fill them. Per row the same operations in the same order as cb_chunk_simd's row loop, which half rows
+// still take (the max and first argmax are exact whatever the chains), and the column sums take the rows in
+// order: bit for bit the results of that loop on float rows.
 // Each pass runs its whole vectors first and the padded last one after, so the loops carry no per-vector choice.
 template <int W>
 CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m, typename simd::Vec<W>::i& idx,
@@ -216,18 +217,14 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
     if (K >= kCBFastExpMinK) return cb_chunk_float<W, true>(z, p, acc, cnt, rows, K, e);
     return cb_chunk_float<W, false>(z, p, acc, cnt, rows, K, e);
   }
-  // float rows are read and written in place; half rows go through the float scratch e. Either way the
-  // last partial vector is padded with -inf (exp(-inf) = 0) in e's tail.
-  constexpr bool direct = std::is_same<scalar_t, float>::value;
+  // Half and bfloat16 rows (float rows took cb_chunk_float) go through the float scratch e, the last partial
+  // vector padded with -inf (exp(-inf) = 0) in e's tail.
   const int64_t Kv = K / W * W, Kp = (K + W - 1) / W * W;
   I iota;
   for (int j = 0; j < W; ++j) iota[j] = j;
   for (int64_t b = 0; b < rows; ++b) {
     const scalar_t* zr = z + b * K;
-    float* er = direct ? reinterpret_cast<float*>(p + b * K) : e;  // the row's working floats
-    const float* src = direct ? reinterpret_cast<const float*>(zr) : e;
-    if (!direct)
-      for (int64_t k = 0; k < K; ++k) e[k] = static_cast<float>(zr[k]);
+    for (int64_t k = 0; k < K; ++k) e[k] = static_cast<float>(zr[k]);
     for (int64_t k = Kv; k < Kp; ++k) e[Kp + k - Kv] = k < K ? static_cast<float>(zr[k]) : -INFINITY;
     float* tail = e + Kp;  // W floats: elements Kv..Kp of the row
     // max and first argmax per lane, then across lanes (smallest index among equal maxima, as torch)
@@ -241,7 +238,7 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
     int64_t k = 0;
     for (; k + 4 * W <= Kv; k += 4 * W) {
       for (int a = 0; a < 4; ++a) {
-        const F v = simd::load<W>(src + k + a * W);
+        const F v = simd::load<W>(e + k + a * W);
         const I gt = v > ms[a];
         ms[a] = simd::select<W>(gt, v, ms[a]);
         is[a] = (kv & gt) | (is[a] & ~gt);
@@ -249,7 +246,7 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
       }
     }
     for (; k < Kp; k += W) {
-      const F v = simd::load<W>(k < Kv ? src + k : tail);
+      const F v = simd::load<W>(k < Kv ? e + k : tail);
       const I gt = v > ms[0];
       ms[0] = simd::select<W>(gt, v, ms[0]);
       is[0] = (kv & gt) | (is[0] & ~gt);
@@ -268,8 +265,8 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
       if (m[j] > best || (m[j] == best && idx[j] < am)) { best = m[j]; am = idx[j]; }
     F s = F{};
     for (int64_t k = 0; k < Kp; k += W) {
-      float* dst = k < Kv ? er + k : tail;
-      const F x = simd::load<W>(k < Kv ? src + k : tail) - best;
+      float* dst = k < Kv ? e + k : tail;
+      const F x = simd::load<W>(k < Kv ? e + k : tail) - best;
       const F v = K >= kCBFastExpMinK ? simd::exp_nonpositive_fast<W>(x) : simd::exp_nonpositive<W>(x);
       simd::store<W>(dst, v);
       s += v;
@@ -279,14 +276,13 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
     cnt[am] += 1;
     const float inv = 1.0f / sum;
     for (int64_t k = 0; k < Kp; k += W) {
-      float* dst = k < Kv ? er + k : tail;
+      float* dst = k < Kv ? e + k : tail;
       const F v = simd::load<W>(dst) * inv;
       simd::store<W>(dst, v);
       simd::store<W>(acc + k, simd::load<W>(acc + k) + v);
     }
     scalar_t* pr = p + b * K;
-    if (!direct)
-      for (int64_t k = 0; k < Kv; ++k) pr[k] = static_cast<scalar_t>(e[k]);
+    for (int64_t k = 0; k < Kv; ++k) pr[k] = static_cast<scalar_t>(e[k]);
     for (int64_t k = Kv; k < K; ++k) pr[k] = static_cast<scalar_t>(tail[k - Kv]);
   }
 }
