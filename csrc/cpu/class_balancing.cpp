@@ -53,7 +53,7 @@ int64_t argmax_first_nan(const scalar_t* zr, int64_t K) {
 }
 
 // ---- small K: W rows at once, one row per lane ------------------------------------------------------
-// Bit-identical to cb_chunk_simd<W>: the same exp, the row sum in its order (lane j of its vector sum holds
+// Bit-identical to cb_rows_float<W>: the same exp, the row sum in its order (lane j of its vector sum holds
 // the columns k ≡ j mod W; then lanes 0..W-1) and the column sums row by row. t: K·W floats, the W-row block
 // transposed (column k at t + k·W).
 template <int W, typename scalar_t>
@@ -103,9 +103,8 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
 // ---- float rows, R at a time -------------------------------------------------------------------------
 // One row's passes form a chain (max and argmax, then exp and sum, then normalise), each ending in a cross-lane
 // reduction the next pass waits for; at K = 100 those waits took half the row's time. R independent rows side
-// by side fill them. Per row the same operations in the same order as cb_chunk_simd's row loop, which half rows
-// still take (the max and first argmax are exact whatever the chains), and the column sums take the rows in
-// order: bit for bit the results of that loop on float rows.
+// by side fill them. Per row the operations of a one-row loop, in its order (the max and first argmax are exact
+// whatever the chains), and the column sums take the rows in order: any R gives the same bits.
 // Each pass runs its whole vectors first and the padded last one after, so the loops carry no per-vector choice.
 template <int W>
 CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m, typename simd::Vec<W>::i& idx,
@@ -206,84 +205,32 @@ CBGAN_ALWAYS_INLINE void cb_chunk_float(const float* z, float* p, float* acc, in
 }
 
 // ---- one chunk of rows, float accumulation, W lanes ------------------------------------------------
-// e: scratch of Kp floats (K rounded up to W); acc: the chunk's partial sums, Kp floats.
+// e: scratch of at least 2·Kw + W floats (Kw: K rounded up to W); acc: the chunk's partial sums.
 template <int W, typename scalar_t>
 CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
                                        int64_t K, float* e) {
-  typedef typename simd::Vec<W>::f F;
-  typedef typename simd::Vec<W>::i I;
   if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, cnt, rows, K, e);
+  const bool fast = K >= kCBFastExpMinK;
   if constexpr (std::is_same<scalar_t, float>::value) {
-    if (K >= kCBFastExpMinK) return cb_chunk_float<W, true>(z, p, acc, cnt, rows, K, e);
+    if (fast) return cb_chunk_float<W, true>(z, p, acc, cnt, rows, K, e);
     return cb_chunk_float<W, false>(z, p, acc, cnt, rows, K, e);
   }
-  // Half and bfloat16 rows (float rows took cb_chunk_float) go through the float scratch e, the last partial
-  // vector padded with -inf (exp(-inf) = 0) in e's tail.
-  const int64_t Kv = K / W * W, Kp = (K + W - 1) / W * W;
-  I iota;
-  for (int j = 0; j < W; ++j) iota[j] = j;
+  // half and bfloat16: each row through float copies, in e, then the float rows' code (so the same results as
+  // the float path on the converted logits)
+  const int64_t Kw = (K + W - 1) / W * W;
+  float* in = e;
+  float* out = e + Kw;
+  float* tails = e + 2 * Kw;
   for (int64_t b = 0; b < rows; ++b) {
     const scalar_t* zr = z + b * K;
-    for (int64_t k = 0; k < K; ++k) e[k] = static_cast<float>(zr[k]);
-    for (int64_t k = Kv; k < Kp; ++k) e[Kp + k - Kv] = k < K ? static_cast<float>(zr[k]) : -INFINITY;
-    float* tail = e + Kp;  // W floats: elements Kv..Kp of the row
-    // max and first argmax per lane, then across lanes (smallest index among equal maxima, as torch)
-    // Four independent (max, index) chains: one chain's compare-select latency, not the loads, bounded
-    // this pass. Merged lane by lane: the larger value, or the smaller index among equal ones.
-    const F ninf = F{} - INFINITY;
-    const I none = I{} + static_cast<int32_t>(K);
-    F ms[4] = {ninf, ninf, ninf, ninf};
-    I is[4] = {none, none, none, none};
-    I kv = iota;
-    int64_t k = 0;
-    for (; k + 4 * W <= Kv; k += 4 * W) {
-      for (int a = 0; a < 4; ++a) {
-        const F v = simd::load<W>(e + k + a * W);
-        const I gt = v > ms[a];
-        ms[a] = simd::select<W>(gt, v, ms[a]);
-        is[a] = (kv & gt) | (is[a] & ~gt);
-        kv += W;
-      }
-    }
-    for (; k < Kp; k += W) {
-      const F v = simd::load<W>(k < Kv ? e + k : tail);
-      const I gt = v > ms[0];
-      ms[0] = simd::select<W>(gt, v, ms[0]);
-      is[0] = (kv & gt) | (is[0] & ~gt);
-      kv += W;
-    }
-    F m = ms[0];
-    I idx = is[0];
-    for (int a = 1; a < 4; ++a) {
-      const I take = (ms[a] > m) | ((ms[a] == m) & (is[a] < idx));
-      m = simd::select<W>(take, ms[a], m);
-      idx = (is[a] & take) | (idx & ~take);
-    }
-    float best = m[0];
-    int64_t am = idx[0];
-    for (int j = 1; j < W; ++j)
-      if (m[j] > best || (m[j] == best && idx[j] < am)) { best = m[j]; am = idx[j]; }
-    F s = F{};
-    for (int64_t k = 0; k < Kp; k += W) {
-      float* dst = k < Kv ? e + k : tail;
-      const F x = simd::load<W>(k < Kv ? e + k : tail) - best;
-      const F v = K >= kCBFastExpMinK ? simd::exp_nonpositive_fast<W>(x) : simd::exp_nonpositive<W>(x);
-      simd::store<W>(dst, v);
-      s += v;
-    }
-    const float sum = simd::hsum<W>(s);
-    if (!(sum == sum) || am >= K) am = argmax_first_nan(zr, K);  // a NaN in the row: the first NaN, as torch
-    cnt[am] += 1;
-    const float inv = 1.0f / sum;
-    for (int64_t k = 0; k < Kp; k += W) {
-      float* dst = k < Kv ? e + k : tail;
-      const F v = simd::load<W>(dst) * inv;
-      simd::store<W>(dst, v);
-      simd::store<W>(acc + k, simd::load<W>(acc + k) + v);
+    for (int64_t k = 0; k < K; ++k) in[k] = static_cast<float>(zr[k]);
+    if (fast) {
+      cb_rows_float<W, 1, true>(in, out, acc, cnt, K, tails);
+    } else {
+      cb_rows_float<W, 1, false>(in, out, acc, cnt, K, tails);
     }
     scalar_t* pr = p + b * K;
-    for (int64_t k = 0; k < Kv; ++k) pr[k] = static_cast<scalar_t>(e[k]);
-    for (int64_t k = Kv; k < K; ++k) pr[k] = static_cast<scalar_t>(tail[k - Kv]);
+    for (int64_t k = 0; k < K; ++k) pr[k] = static_cast<scalar_t>(out[k]);
   }
 }
 
@@ -428,8 +375,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
       ct[k] = n;
     }
     acc_t total = 0;
-    std::vector<acc_t> lg(K);
-    if (fast_class_log(W, mp, lg.data(), K)) {
+    acc_t* lg = partial.data();  // read above; K <= its size
+    if (fast_class_log(W, mp, lg, K)) {
       for (int64_t k = 0; k < K; ++k) total += wp[k] * (mp[k] == acc_t(0) ? acc_t(0) : mp[k] * lg[k]);
     } else {
       for (int64_t k = 0; k < K; ++k) total += wp[k] * xlogx(mp[k]);
