@@ -359,3 +359,34 @@ def test_class_logs_are_libm_accurate_over_the_whole_range(K):
     expect = mean[1:].double().log()
     # (g_j - <p, g>) cancels half of g_j + g_0: float32 rounding of numbers of size |log p̂|
     assert ((got - expect).abs() <= 4e-7 * expect.abs().clamp(min=1)).all(), (got - expect).abs().max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_loss_op_is_the_forwards_loss(device):
+    """ops.class_balancing_loss calls the loss-only composite op: the forward's loss and gradient, bit for bit."""
+    for K in (10, 100):
+        x = torch.randn(32, K, device=device, requires_grad=True)
+        w = torch.rand(K, device=device) + 0.1
+        loss = torch.ops.cbgan_ext.class_balancing_loss(x, w)
+        full = torch.ops.cbgan_ext.class_balancing_loss_forward(x, w)[0]
+        assert torch.equal(loss, full)
+        assert torch.equal(torch.autograd.grad(loss, x)[0], torch.autograd.grad(full, x)[0])
+        torch.library.opcheck(torch.ops.cbgan_ext.class_balancing_loss.default, (x, w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [17, 100, 1010])
+def test_minus_inf_logits_get_probability_zero(device, K):
+    # masked classes (-inf) get exactly 0; a row of -inf alone is 0/0 = NaN, and +Inf makes its row NaN, as torch
+    g = torch.Generator().manual_seed(K)
+    x = 3 * torch.randn(12, K, generator=g)
+    x[:, ::3] = float("-inf")
+    x[4] = float("-inf")
+    x[7, 5] = float("inf")
+    _, counts, probs, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(x.to(device), torch.ones(K, device=device))
+    probs, ref = probs.cpu(), torch.softmax(x, 1)
+    torch.testing.assert_close(probs, ref, rtol=2e-6, atol=0, equal_nan=True)
+    finite = [b for b in range(12) if b not in (4, 7)]
+    assert (probs[finite][:, ::3] == 0).all()
+    assert probs[4].isnan().all() and probs[7].isnan().all()
+    assert torch.equal(counts.cpu(), reference.argmax_counts(x))

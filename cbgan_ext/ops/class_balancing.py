@@ -39,6 +39,8 @@ def _fake_backward(grad_loss, probs, class_weights, mean_probs):
 
 
 # Autograd is registered in C++ (csrc/autograd.cpp): no Python on the training hot path.
+# class_balancing_loss is a C++ composite of the forward that returns the loss alone.
+_loss_only = torch.ops.cbgan_ext.class_balancing_loss.default
 
 
 def _check(logits, class_weights):
@@ -55,7 +57,7 @@ def class_balancing_loss(logits: torch.Tensor, class_weights: torch.Tensor) -> t
     with respect to logits. 0·log 0 is taken as 0, so the loss and its gradient stay finite.
     """
     _check(logits, class_weights)
-    return torch.ops.cbgan_ext.class_balancing_loss_forward(logits, class_weights)[0]
+    return _loss_only(logits, class_weights)
 
 
 def class_balancing_loss_with_counts(logits: torch.Tensor, class_weights: torch.Tensor):

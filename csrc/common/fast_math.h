@@ -26,6 +26,7 @@ template <int W>
 struct Vec {
   typedef float f __attribute__((vector_size(4 * W)));
   typedef int32_t i __attribute__((vector_size(4 * W)));
+  typedef uint32_t u __attribute__((vector_size(4 * W)));
 };
 
 template <int W>
@@ -77,22 +78,49 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive(typename Vec<W>::f x) {
   return y * (F)bits;
 }
 
-// exp(x) for x <= 0 in 15 vector operations against exp_nonpositive's 24, with the same polynomial and
-// relative error (below 1e-7 for x >= -87; 0 below 2^-127): n = round(x log2 e) by adding 1.5·2^23, whose
-// low bits then give 2^n directly. Its results differ from exp_nonpositive's in the last bits, so kernels
-// whose outputs recorded runs depend on keep exp_nonpositive.
+// 2^(j/8), j = 0..7, twice (a 16-lane table is indexed by the low 4 bits).
+alignas(64) inline constexpr float kExp2Eighths[16] = {
+    1.0f, 1.0905077457427979f, 1.1892070770263672f, 1.2968395948410034f,
+    1.4142135381698608f, 1.5422108173370361f, 1.6817928552627563f, 1.8340080976486206f,
+    1.0f, 1.0905077457427979f, 1.1892070770263672f, 1.2968395948410034f,
+    1.4142135381698608f, 1.5422108173370361f, 1.6817928552627563f, 1.8340080976486206f};
+
+// kExp2Eighths[idx mod 8] per lane: GCC's generic shuffle is one in-register permute (vpermps) on AVX2 and
+// AVX-512; x86 intrinsics cannot be inlined into these target-neutral templates.
 template <int W>
-CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_fast(typename Vec<W>::f x) {
+CBGAN_ALWAYS_INLINE typename Vec<W>::f exp2_eighths(typename Vec<W>::i idx) {
+#if defined(__GNUC__) && !defined(__clang__)
+  if constexpr (W >= 8) {
+    return __builtin_shuffle(load<W>(kExp2Eighths), idx);
+  } else {
+    return __builtin_shuffle(load<W>(kExp2Eighths), load<W>(kExp2Eighths + W), idx);
+  }
+#else
+  typename Vec<W>::f out;
+  for (int j = 0; j < W; ++j) out[j] = kExp2Eighths[idx[j] & 7];
+  return out;
+#endif
+}
+
+// exp(x) for x <= 0 as 2^n · 2^(j/8) · e^r with |r| <= ln 2 / 16 and e^r a cubic (relative error 2.6e-8):
+// 15 vector operations, 8 of them multiplies, against exp_nonpositive's 24. Relative error below 1.1e-7 for
+// x >= -86.6; 0 below (where 2^n would leave the normal range); NaN gives NaN. Its results differ from
+// exp_nonpositive's in the last bits, so kernels whose outputs recorded runs depend on keep exp_nonpositive.
+template <int W>
+CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_table(typename Vec<W>::f x) {
   typedef typename Vec<W>::i I;
+  typedef typename Vec<W>::u U;
   typedef typename Vec<W>::f F;
-  x = select<W>(x < -88.0f, F{} - 88.0f, x);  // n >= -127, whose 2^n bits are 0: the result underflows to 0
-  const F t = x * 1.44269504088896341f + 12582912.0f;
-  const F fn = t - 12582912.0f;
-  const F r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;
-  const F y = (cephes_exp_p<W>(r) * r + 1.0f) * r + 1.0f;
-  // t's bits are 0x4B400000 + n; the magic's bits leave the word in the shift
-  const I bits = ((I)t + 127) << 23;
-  return y * (F)bits;
+  // m = round(8 x log2 e) in t's low bits (adding 1.5·2^23 rounds); n = floor(m / 8), j = m mod 8
+  const F t = x * 11.5415603271117f + 12582912.0f;
+  const F fm = t - 12582912.0f;
+  const F r = (x - fm * 0.086669921875f) + fm * 2.6524305e-5f;  // ln 2 / 8 in two parts; fm times the first is exact
+  const F tb = exp2_eighths<W>((I)t);
+  const F q = (r * 0.1666685789823532f + 0.500064492225647f) * r + 1.0f;
+  const F y = (tb * r) * q + tb;
+  // t's bits are 0x4B400000 + m: the shifts keep n, biased into a float's exponent field
+  const U two_n = (((U)((I)t >> 3)) + 127u) << 23;
+  return (F)((U)(y * (F)two_n) & ~(U)(x < -86.6f));
 }
 
 // log(x) for finite x > 0, denormals included: Cephes logf's polynomial, relative error below 2e-7 away from

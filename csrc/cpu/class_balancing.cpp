@@ -119,7 +119,7 @@ CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m,
 template <int W, bool kFastExp>
 CBGAN_ALWAYS_INLINE typename simd::Vec<W>::f exp_step(const float* src, float* dst, float best) {
   const auto x = simd::load<W>(src) - best;
-  const auto v = kFastExp ? simd::exp_nonpositive_fast<W>(x) : simd::exp_nonpositive<W>(x);
+  const auto v = kFastExp ? simd::exp_nonpositive_table<W>(x) : simd::exp_nonpositive<W>(x);
   simd::store<W>(dst, v);
   return v;
 }
