@@ -137,14 +137,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
   return {loss, counts, probs_out, mean_probs};
 }
 
-// The loss alone, for Python: each tensor handed back costs a wrapper made and freed, about a microsecond a
-// tensor, and at K = 10 the whole op is a few.
-at::Tensor class_balancing_loss_only(const at::Tensor& logits, const at::Tensor& w) {
+// The loss alone, or with the counts, for Python: each tensor handed back costs a wrapper made and freed, about
+// a microsecond a tensor, and at K = 10 the whole op is a few.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_class_balancing_loss_forward(const at::Tensor& logits,
+                                                                                            const at::Tensor& w) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("cbgan_ext::class_balancing_loss_forward", "")
                        .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
                                                                                            const at::Tensor&)>();
-  return std::get<0>(op.call(logits, w));
+  return op.call(logits, w);
+}
+
+at::Tensor class_balancing_loss_only(const at::Tensor& logits, const at::Tensor& w) {
+  return std::get<0>(call_class_balancing_loss_forward(logits, w));
+}
+
+std::tuple<at::Tensor, at::Tensor> class_balancing_loss_with_counts(const at::Tensor& logits, const at::Tensor& w) {
+  auto out = call_class_balancing_loss_forward(logits, w);
+  return {std::move(std::get<0>(out)), std::move(std::get<1>(out))};
 }
 
 // ---- soft-label projection -------------------------------------------------------------------------
@@ -566,6 +576,7 @@ std::vector<at::Tensor> spectral_norm_weight_multi_backward_autograd(const c10::
 
 TORCH_LIBRARY_IMPL(cbgan_ext, CompositeImplicitAutograd, m) {
   m.impl("class_balancing_loss", &class_balancing_loss_only);
+  m.impl("class_balancing_loss_with_counts", &class_balancing_loss_with_counts);
 }
 
 TORCH_LIBRARY_IMPL(cbgan_ext, Autograd, m) {

@@ -10,8 +10,10 @@ TORCH_LIBRARY(cbgan_ext, m) {
   // loss and mean_probs are float32 for half/bfloat16 logits, else the logits' dtype.
   m.def("class_balancing_loss_forward(Tensor logits, Tensor class_weights) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("_class_balancing_loss_backward(Tensor grad_loss, Tensor probs, Tensor class_weights, Tensor mean_probs) -> Tensor");
-  // The loss alone (composite over class_balancing_loss_forward): one tensor back to Python instead of four.
+  // The loss alone, and (loss, counts): composites over class_balancing_loss_forward that hand Python one or two
+  // tensors instead of four.
   m.def("class_balancing_loss(Tensor logits, Tensor class_weights) -> Tensor");
+  m.def("class_balancing_loss_with_counts(Tensor logits, Tensor class_weights) -> (Tensor, Tensor)");
 
   // ---- diff augment ------------------------------------------------------------------------------
   // program: policy groups in order, 0 = color, 1 = translation, 2 = cutout. Per-sample parameters, one row

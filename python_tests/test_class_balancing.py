@@ -363,15 +363,20 @@ def test_class_logs_are_libm_accurate_over_the_whole_range(K):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_loss_op_is_the_forwards_loss(device):
-    """ops.class_balancing_loss calls the loss-only composite op: the forward's loss and gradient, bit for bit."""
+    """ops.class_balancing_loss(_with_counts) call composite ops that return fewer of the forward's tensors: its
+    loss, counts and gradient, bit for bit."""
+    cb = torch.ops.cbgan_ext
     for K in (10, 100):
         x = torch.randn(32, K, device=device, requires_grad=True)
         w = torch.rand(K, device=device) + 0.1
-        loss = torch.ops.cbgan_ext.class_balancing_loss(x, w)
-        full = torch.ops.cbgan_ext.class_balancing_loss_forward(x, w)[0]
-        assert torch.equal(loss, full)
-        assert torch.equal(torch.autograd.grad(loss, x)[0], torch.autograd.grad(full, x)[0])
-        torch.library.opcheck(torch.ops.cbgan_ext.class_balancing_loss.default, (x, w))
+        full, full_counts, _, _ = cb.class_balancing_loss_forward(x, w)
+        loss = cb.class_balancing_loss(x, w)
+        loss2, counts = cb.class_balancing_loss_with_counts(x, w)
+        assert torch.equal(loss, full) and torch.equal(loss2, full) and torch.equal(counts, full_counts)
+        g = torch.autograd.grad(full, x)[0]
+        assert torch.equal(torch.autograd.grad(loss, x)[0], g) and torch.equal(torch.autograd.grad(loss2, x)[0], g)
+        torch.library.opcheck(cb.class_balancing_loss.default, (x, w))
+        torch.library.opcheck(cb.class_balancing_loss_with_counts.default, (x, w))
 
 
 @pytest.mark.parametrize("device", DEVICES)

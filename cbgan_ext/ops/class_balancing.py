@@ -39,8 +39,9 @@ def _fake_backward(grad_loss, probs, class_weights, mean_probs):
 
 
 # Autograd is registered in C++ (csrc/autograd.cpp): no Python on the training hot path.
-# class_balancing_loss is a C++ composite of the forward that returns the loss alone.
+# C++ composites of the forward that return the loss alone, or the loss and counts.
 _loss_only = torch.ops.cbgan_ext.class_balancing_loss.default
+_loss_and_counts = torch.ops.cbgan_ext.class_balancing_loss_with_counts.default
 
 
 def _check(logits, class_weights):
@@ -63,5 +64,4 @@ def class_balancing_loss(logits: torch.Tensor, class_weights: torch.Tensor) -> t
 def class_balancing_loss_with_counts(logits: torch.Tensor, class_weights: torch.Tensor):
     """(loss, counts): the loss above and, from the same pass, the per-class argmax counts [K] int64."""
     _check(logits, class_weights)
-    loss, counts, _, _ = torch.ops.cbgan_ext.class_balancing_loss_forward(logits, class_weights)
-    return loss, counts
+    return _loss_and_counts(logits, class_weights)
