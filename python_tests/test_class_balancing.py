@@ -78,7 +78,7 @@ def test_probs_match_softmax_over_the_whole_exp_range(device, K):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("K", [40, 100, 1010])
+@pytest.mark.parametrize("K", [40, 100, 1010, 5000])
 def test_counts_take_the_first_of_tied_maxima(device, K):
     # ties between columns that different SIMD lanes and accumulators see: torch.argmax takes the first
     g = torch.Generator().manual_seed(K)
@@ -90,6 +90,11 @@ def test_counts_take_the_first_of_tied_maxima(device, K):
     _, counts = ops.class_balancing_loss_with_counts(x.to(device), w.to(device))
     assert torch.equal(counts.cpu(), torch.bincount(cols[:, 0], minlength=K))
     assert torch.equal(counts.cpu(), reference.argmax_counts(x))
+    # logits of a few values: each row's maximum repeats in many blocks of columns, -0.0 and 0.0 tie
+    xq = torch.randint(-3, 1, (48, K), generator=g).float()
+    xq[(torch.rand(48, K, generator=g) < 0.5) & (xq == 0)] = -0.0
+    _, counts = ops.class_balancing_loss_with_counts(xq.to(device), w.to(device))
+    assert torch.equal(counts.cpu(), reference.argmax_counts(xq))
 
 
 @pytest.mark.parametrize("device", DEVICES)
