@@ -101,20 +101,19 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
 }
 
 // ---- float rows, R at a time -------------------------------------------------------------------------
-// One row's passes form a chain (max, then exp and sum, then normalise), each ending in a cross-lane reduction
-// the next pass waits for; at K = 100 those waits took half the row's time. R independent rows side by side fill
-// them. Per row the operations of a one-row loop, in its order (the max and first argmax are exact whatever the
-// chains), and the column sums take the rows in order: any R gives the same bits.
+// One row's passes form a chain (max and argmax, then exp and sum, then normalise), each ending in a cross-lane
+// reduction the next pass waits for; at K = 100 those waits took half the row's time. R independent rows side
+// by side fill them. Per row the operations of a one-row loop, in its order (the max and first argmax are exact
+// whatever the chains), and the column sums take the rows in order: any R gives the same bits.
 // Each pass runs its whole vectors first and the padded last one after, so the loops carry no per-vector choice.
-// The max pass keeps only the max (tracking the argmax there cost two more operations a vector) and, after each
-// of at most kCBMaxBlocks blocks of columns, the running max: the first block whose running max reaches the
-// row's max holds the argmax, which a scalar scan of that block then finds.
-constexpr int kCBMaxBlocks = 16;
-
 template <int W>
-CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m) {
+CBGAN_ALWAYS_INLINE void max_step(const float* src, typename simd::Vec<W>::f& m, typename simd::Vec<W>::i& idx,
+                                  typename simd::Vec<W>::i kv) {
+  typedef typename simd::Vec<W>::i I;
   const auto v = simd::load<W>(src);
-  m = v > m ? v : m;  // a NaN never wins: the row's sum finds it
+  const I gt = v > m;
+  m = simd::select<W>(gt, v, m);
+  idx = (kv & gt) | (idx & ~gt);
 }
 
 template <int W, bool kFastExp>
@@ -125,61 +124,40 @@ CBGAN_ALWAYS_INLINE typename simd::Vec<W>::f exp_step(const float* src, float* d
   return v;
 }
 
-// The first column equal to best (torch.argmax's tie rule) in a row without NaN; running: the row's running
-// max after each of nblk blocks of block_cols columns (the last block runs to K).
-template <int W>
-CBGAN_ALWAYS_INLINE int64_t first_max_column(const float* zr, int64_t K, const typename simd::Vec<W>::f* running,
-                                             int nblk, int64_t block_cols, float best) {
-  auto reaches = [&](int b) {
-    for (int j = 0; j < W; ++j)
-      if (running[b][j] == best) return true;
-    return false;
-  };
-  int lo = 0, hi = nblk - 1;  // the running max only grows, and the last block's holds best
-  while (lo < hi) {
-    const int mid = (lo + hi) / 2;
-    if (reaches(mid)) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  const int64_t k1 = lo == nblk - 1 ? K : (lo + 1) * block_cols;
-  for (int64_t k = lo * block_cols; k < k1; ++k)
-    if (zr[k] == best) return k;
-  return argmax_first_nan(zr, K);  // not reached
-}
-
 // tails: R·W floats, each row's last partial vector padded with -inf (exp(-inf) = 0).
 template <int W, int R, bool kFastExp>
 CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int64_t* cnt, int64_t K, float* tails) {
   typedef typename simd::Vec<W>::f F;
+  typedef typename simd::Vec<W>::i I;
   const int64_t Kv = K / W * W;
   const bool tail = Kv < K;
   if (tail)
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < W; ++j) tails[r * W + j] = Kv + j < K ? z[r * K + Kv + j] : -INFINITY;
   F m[R];
-  for (int r = 0; r < R; ++r) m[r] = F{} - INFINITY;
-  const int64_t nvec = Kv / W;  // >= 1: these rows have more than kCBLanesMaxK classes
-  const int64_t block_vecs = (nvec + kCBMaxBlocks - 1) / kCBMaxBlocks;
-  F running[R][kCBMaxBlocks];
-  int nblk = 0;
-  for (int64_t v0 = 0; v0 < nvec; v0 += block_vecs, ++nblk) {
-    const int64_t k1 = std::min(nvec, v0 + block_vecs) * W;
-    for (int64_t k = v0 * W; k < k1; k += W)
-      for (int r = 0; r < R; ++r) max_step<W>(z + r * K + k, m[r]);
-    for (int r = 0; r < R; ++r) running[r][nblk] = m[r];
+  I idx[R];
+  I kv;
+  for (int j = 0; j < W; ++j) kv[j] = j;
+  for (int r = 0; r < R; ++r) {
+    m[r] = F{} - INFINITY;
+    idx[r] = I{} + static_cast<int32_t>(K);
+  }
+  for (int64_t k = 0; k < Kv; k += W) {
+    for (int r = 0; r < R; ++r) max_step<W>(z + r * K + k, m[r], idx[r], kv);
+    kv += W;
   }
   if (tail)
-    for (int r = 0; r < R; ++r) {
-      max_step<W>(tails + r * W, m[r]);
-      running[r][nblk - 1] = m[r];
-    }
+    for (int r = 0; r < R; ++r) max_step<W>(tails + r * W, m[r], idx[r], kv);
   float best[R];
-  for (int r = 0; r < R; ++r) {
+  int64_t am[R];
+  for (int r = 0; r < R; ++r) {  // across lanes: the larger value, or the smaller index among equal ones
     best[r] = m[r][0];
-    for (int j = 1; j < W; ++j) best[r] = m[r][j] > best[r] ? m[r][j] : best[r];
+    am[r] = idx[r][0];
+    for (int j = 1; j < W; ++j) {
+      const bool take = m[r][j] > best[r] || (m[r][j] == best[r] && idx[r][j] < am[r]);
+      best[r] = take ? m[r][j] : best[r];
+      am[r] = take ? idx[r][j] : am[r];
+    }
   }
   // row by row: the exp's constants fill the registers, and the rows' sums need no other row's
   F s[R];
@@ -192,10 +170,9 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
   float inv[R];
   for (int r = 0; r < R; ++r) {
     const float sum = simd::hsum<W>(s[r]);
-    // a NaN in the row makes its sum NaN (as do a +Inf, Inf - Inf, and a row of -inf): torch's argmax is then
-    // the first NaN, or the first maximum
-    cnt[sum == sum ? first_max_column<W>(z + r * K, K, running[r], nblk, block_vecs * W, best[r])
-                   : argmax_first_nan(z + r * K, K)] += 1;
+    // a NaN in the row: the first NaN, as torch
+    if (!(sum == sum) || am[r] >= K) am[r] = argmax_first_nan(z + r * K, K);
+    cnt[am[r]] += 1;
     inv[r] = 1.0f / sum;
   }
   for (int64_t k = 0; k < Kv; k += W) {
