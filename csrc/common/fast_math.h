@@ -102,10 +102,12 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp2_eighths(typename Vec<W>::i idx) {
 #endif
 }
 
-// exp(x) for x <= 0 as 2^n · 2^(j/8) · e^r with |r| <= ln 2 / 16 and e^r a cubic (relative error 2.6e-8):
-// 15 vector operations, 8 of them multiplies, against exp_nonpositive's 24. Relative error below 1.1e-7 for
-// x >= -86.6; 0 below (where 2^n would leave the normal range); NaN gives NaN. Its results differ from
-// exp_nonpositive's in the last bits, so kernels whose outputs recorded runs depend on keep exp_nonpositive.
+// exp(x) for x <= 0 as (2^n · 2^(j/8)) · e^r with |r| <= ln 2 / 16 and e^r a cubic (relative error 2.6e-8): 14
+// vector operations, 7 of them multiplies, against exp_nonpositive's 24. n goes into the table entry's exponent
+// bits, so no multiply by 2^n follows the polynomial. Relative error below 1.1e-7 for x >= -86 and 1.4e-7 down to
+// -86.6 (the table entry times r underflows there); 0 below, and for -inf; NaN gives NaN (through r). Its results
+// differ from exp_nonpositive's in the last bits, so kernels whose outputs recorded runs depend on keep
+// exp_nonpositive.
 template <int W>
 CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_table(typename Vec<W>::f x) {
   typedef typename Vec<W>::i I;
@@ -115,12 +117,12 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp_nonpositive_table(typename Vec<W>::f 
   const F t = x * 11.5415603271117f + 12582912.0f;
   const F fm = t - 12582912.0f;
   const F r = (x - fm * 0.086669921875f) + fm * 2.6524305e-5f;  // ln 2 / 8 in two parts; fm times the first is exact
-  const F tb = exp2_eighths<W>((I)t);
+  // 2^(j/8) · 2^n: t's bits are 0x4B400000 + m, and the shifts keep n in the exponent field's place (n >= -125
+  // above the cut-off, so the entry stays normal)
+  const F tb = (F)((U)exp2_eighths<W>((I)t) + ((U)((I)t >> 3) << 23));
   const F q = (r * 0.1666685789823532f + 0.500064492225647f) * r + 1.0f;
   const F y = (tb * r) * q + tb;
-  // t's bits are 0x4B400000 + m: the shifts keep n, biased into a float's exponent field
-  const U two_n = (((U)((I)t >> 3)) + 127u) << 23;
-  return (F)((U)(y * (F)two_n) & ~(U)(x < -86.6f));
+  return (F)((U)y & ~(U)(x < -86.6f));
 }
 
 // log(x) for finite x > 0, denormals included: Cephes logf's polynomial, relative error below 2e-7 away from
