@@ -60,7 +60,8 @@ def main():
         "machine": name,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        # the suites' own setting (conftest.py), not this process's
+        "threads": int(os.environ.get("CBGAN_BENCH_THREADS", os.cpu_count() or 1)),
         "malloc": os.environ.get("CBGAN_BENCH_MALLOC", "steady"),  # see conftest.py
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "build": cbgan_ext.build_info(),
