@@ -104,7 +104,7 @@ CBGAN_ALWAYS_INLINE typename Vec<W>::f exp2_eighths(typename Vec<W>::i idx) {
 
 // exp(x) for x <= 0 as (2^n · 2^(j/8)) · e^r with |r| <= ln 2 / 16 and e^r a cubic (relative error 2.6e-8): 14
 // vector operations, 7 of them multiplies, against exp_nonpositive's 24. n goes into the table entry's exponent
-// bits, so no multiply by 2^n follows the polynomial. Relative error below 1.1e-7 for x >= -86 and 1.4e-7 down to
+// bits, so no multiply by 2^n follows the polynomial. Relative error below 1.2e-7 for x >= -86 and 1.5e-7 down to
 // -86.6 (the table entry times r underflows there); 0 below, and for -inf; NaN gives NaN (through r). Its results
 // differ from exp_nonpositive's in the last bits, so kernels whose outputs recorded runs depend on keep
 // exp_nonpositive.

@@ -28,7 +28,7 @@ namespace {
 // row-wise loop's lane reductions and padded tail (1.8x faster at K = 10, even at 16, the row-wise loop wins
 // at 32).
 constexpr int64_t kCBLanesMaxK = 16;
-// From this many classes the row loop takes the shorter exp (27% less time on AVX2). Below it, results stay
+// From this many classes the row loop takes the table exp (half the time on AVX2). Below it, results stay
 // bit for bit those of the lane path and of the recorded runs (CBGAN's main job has 10 classes).
 constexpr int64_t kCBFastExpMinK = 64;
 // Float rows of more than kCBLanesMaxK classes go through cb_rows_float this many at a time.
