@@ -16,6 +16,8 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include "common/op_handles.h"
+
 namespace cbgan_ext {
 namespace {
 
@@ -43,12 +45,8 @@ std::tuple<at::Tensor, at::Tensor> soft_label_projection_autocast(const at::Tens
 template <c10::DispatchKey key>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_autocast(const at::Tensor& logits,
                                                                                          const at::Tensor& w) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::class_balancing_loss_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
-                                                                                         const at::Tensor&)>();
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  return op.call(is_reduced_float(logits) ? logits.to(at::kFloat) : logits, w);
+  return class_balancing_loss_forward_op().call(is_reduced_float(logits) ? logits.to(at::kFloat) : logits, w);
 }
 
 }  // namespace

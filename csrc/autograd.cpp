@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include "common/class_balancing.h"
+#include "common/op_handles.h"
 #include "common/projection.h"
 
 #include <memory>
@@ -111,10 +112,7 @@ struct ClassBalancingLossBackward : public torch::autograd::Node {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_autograd(const at::Tensor& logits,
                                                                                         const at::Tensor& w) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::class_balancing_loss_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
-                                                                                           const at::Tensor&)>();
+  const auto& op = class_balancing_loss_forward_op();
   TORCH_CHECK(!torch::autograd::isFwGradDefined(logits) && !torch::autograd::isFwGradDefined(w),
               "class_balancing_loss: forward-mode AD is not supported; use cbgan_ext.reference.class_balancing_loss");
   at::Tensor loss, counts, probs, mean_probs, probs_out;
@@ -139,21 +137,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_balancing_loss_
 
 // The loss alone, or with the counts, for Python: each tensor handed back costs a wrapper made and freed, about
 // a microsecond a tensor, and at K = 10 the whole op is a few.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_class_balancing_loss_forward(const at::Tensor& logits,
-                                                                                            const at::Tensor& w) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::class_balancing_loss_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&,
-                                                                                           const at::Tensor&)>();
-  return op.call(logits, w);
-}
-
 at::Tensor class_balancing_loss_only(const at::Tensor& logits, const at::Tensor& w) {
-  return std::get<0>(call_class_balancing_loss_forward(logits, w));
+  return std::get<0>(class_balancing_loss_forward_op().call(logits, w));
 }
 
 std::tuple<at::Tensor, at::Tensor> class_balancing_loss_with_counts(const at::Tensor& logits, const at::Tensor& w) {
-  auto out = call_class_balancing_loss_forward(logits, w);
+  auto out = class_balancing_loss_forward_op().call(logits, w);
   return {std::move(std::get<0>(out)), std::move(std::get<1>(out))};
 }
 

@@ -90,7 +90,7 @@ def test_counts_take_the_first_of_tied_maxima(device, K):
     _, counts = ops.class_balancing_loss_with_counts(x.to(device), w.to(device))
     assert torch.equal(counts.cpu(), torch.bincount(cols[:, 0], minlength=K))
     assert torch.equal(counts.cpu(), reference.argmax_counts(x))
-    # logits of a few values: each row's maximum repeats in many blocks of columns, -0.0 and 0.0 tie
+    # logits of a few values: each row's maximum repeats across lanes and vectors, and -0.0 and 0.0 tie
     xq = torch.randint(-3, 1, (48, K), generator=g).float()
     xq[(torch.rand(48, K, generator=g) < 0.5) & (xq == 0)] = -0.0
     _, counts = ops.class_balancing_loss_with_counts(xq.to(device), w.to(device))
@@ -368,8 +368,8 @@ def test_class_logs_are_libm_accurate_over_the_whole_range(K):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_loss_op_is_the_forwards_loss(device):
-    """ops.class_balancing_loss(_with_counts) call composite ops that return fewer of the forward's tensors: its
-    loss, counts and gradient, bit for bit."""
+    """ops.class_balancing_loss(_with_counts) call composite ops that return fewer of the forward's tensors: they
+    give the forward's loss, counts and gradient, bit for bit."""
     cb = torch.ops.cbgan_ext
     for K in (10, 100):
         x = torch.randn(32, K, device=device, requires_grad=True)
