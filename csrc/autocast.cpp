@@ -28,9 +28,7 @@ bool is_reduced_float(const at::Tensor& t) {
 template <c10::DispatchKey key>
 std::tuple<at::Tensor, at::Tensor> soft_label_projection_autocast(const at::Tensor& h, const at::Tensor& E,
                                                                   const at::Tensor& y) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::soft_label_projection_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  const auto& op = soft_label_projection_forward_op();
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   // Only floating inputs take part (hard labels are int64); anything else is left to the op's own checks.
   std::optional<at::ScalarType> to;

@@ -77,9 +77,7 @@ struct ClassBalancingLossBackward : public torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& grads) override {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::_class_balancing_loss_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+    const auto& op = class_balancing_loss_backward_op();
     variable_list out(2);
     if (!grads[0].defined() || !should_compute_output(0)) return out;
     if (at::GradMode::is_enabled()) {
@@ -168,11 +166,7 @@ struct SoftLabelProjectionBackward : public torch::autograd::Node {
   }
 
   variable_list apply(variable_list&& grads) override {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::_soft_label_projection_backward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, std::array<bool, 3>)>();
+    const auto& op = soft_label_projection_backward_op();
     variable_list out(3);
     const std::array<bool, 3> mask = {should_compute_output(0), should_compute_output(1),
                                       soft_ && should_compute_output(2)};
@@ -195,9 +189,7 @@ struct SoftLabelProjectionBackward : public torch::autograd::Node {
 
 std::tuple<at::Tensor, at::Tensor> soft_label_projection_autograd(const at::Tensor& h, const at::Tensor& E,
                                                                   const at::Tensor& y) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::soft_label_projection_forward", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  const auto& op = soft_label_projection_forward_op();
   TORCH_CHECK(!torch::autograd::isFwGradDefined(h) && !torch::autograd::isFwGradDefined(E) &&
                   !torch::autograd::isFwGradDefined(y),
               "soft_label_projection: forward-mode AD is not supported; use cbgan_ext.reference.soft_label_projection");
@@ -278,11 +270,7 @@ class SoftLabelProjectionBackwardFunction : public torch::autograd::Function<Sof
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> call(const at::Tensor& grad_out, const at::Tensor& h,
                                                              const at::Tensor& E, const at::Tensor& y,
                                                              const at::Tensor& proj, std::array<bool, 3> mask) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::_soft_label_projection_backward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, std::array<bool, 3>)>();
+    const auto& op = soft_label_projection_backward_op();
     return op.call(grad_out, h, E, y, proj, mask);
   }
 };
@@ -402,10 +390,7 @@ class SNWeightFunction : public torch::autograd::Function<SNWeightFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                           const at::Tensor&, int64_t)>();
+    const auto& op = spectral_norm_weight_backward_op();
     variable_list out(6);
     if (!grads[0].defined() || !ctx->needs_input_grad(0)) return out;
     const auto saved = ctx->get_saved_variables();
@@ -451,11 +436,7 @@ class SNWeightMultiFunction : public torch::autograd::Function<SNWeightMultiFunc
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_multi_backward", "")
-                         .typed<std::vector<at::Tensor>(const c10::List<std::optional<at::Tensor>>&, at::TensorList,
-                                                        at::TensorList, at::TensorList, const at::Tensor&,
-                                                        at::IntArrayRef)>();
+    const auto& op = spectral_norm_weight_multi_backward_op();
     const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
     const size_t L = dims.size();
     variable_list out(3 * L + 3);
@@ -503,9 +484,7 @@ void attach_double_backward_error(const char* op, const std::vector<at::Tensor>&
 
 at::Tensor class_balancing_loss_backward_autograd(const at::Tensor& grad_loss, const at::Tensor& probs,
                                                   const at::Tensor& w, const at::Tensor& mean_probs) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::_class_balancing_loss_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  const auto& op = class_balancing_loss_backward_op();
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -519,10 +498,7 @@ at::Tensor class_balancing_loss_backward_autograd(const at::Tensor& grad_loss, c
 at::Tensor spectral_norm_weight_backward_autograd(const at::Tensor& grad, const at::Tensor& weight,
                                                   const at::Tensor& u, const at::Tensor& v, const at::Tensor& sigma,
                                                   int64_t dim) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, int64_t)>();
+  const auto& op = spectral_norm_weight_backward_op();
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -537,11 +513,7 @@ std::vector<at::Tensor> spectral_norm_weight_multi_backward_autograd(const c10::
                                                                      at::TensorList weights, at::TensorList us,
                                                                      at::TensorList vs, const at::Tensor& sigmas,
                                                                      at::IntArrayRef dims) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cbgan_ext::_spectral_norm_weight_multi_backward", "")
-                       .typed<std::vector<at::Tensor>(const c10::List<std::optional<at::Tensor>>&, at::TensorList,
-                                                      at::TensorList, at::TensorList, const at::Tensor&,
-                                                      at::IntArrayRef)>();
+  const auto& op = spectral_norm_weight_multi_backward_op();
   std::vector<at::Tensor> out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
