@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -57,7 +58,7 @@ int64_t argmax_first_nan(const scalar_t* zr, int64_t K) {
 // the columns k ≡ j mod W; then lanes 0..W-1) and the column sums row by row. t: K·W floats, the W-row block
 // transposed (column k at t + k·W).
 template <int W, typename scalar_t>
-CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* acc, int64_t* am, int64_t rows,
                                         int64_t K, float* t) {
   typedef typename simd::Vec<W>::f F;
   typedef typename simd::Vec<W>::i I;
@@ -95,7 +96,7 @@ CBGAN_ALWAYS_INLINE void cb_chunk_lanes(const scalar_t* z, scalar_t* p, float* a
         pb[j * K + k] = static_cast<scalar_t>(v);
       }
       // a NaN or +Inf in the row makes its sum NaN; torch's argmax is then the first NaN
-      cnt[s[j] == s[j] ? idx[j] : argmax_first_nan(zb + j * K, K)] += 1;
+      am[b0 + j] = s[j] == s[j] ? idx[j] : argmax_first_nan(zb + j * K, K);
     }
   }
 }
@@ -126,7 +127,8 @@ CBGAN_ALWAYS_INLINE typename simd::Vec<W>::f exp_step(const float* src, float* d
 
 // tails: R·W floats, each row's last partial vector padded with -inf (exp(-inf) = 0).
 template <int W, int R, bool kFastExp>
-CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int64_t* cnt, int64_t K, float* tails) {
+CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int64_t* am_out, int64_t K,
+                                       float* tails) {
   typedef typename simd::Vec<W>::f F;
   typedef typename simd::Vec<W>::i I;
   const int64_t Kv = K / W * W;
@@ -172,7 +174,7 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
     const float sum = simd::hsum<W>(s[r]);
     // a NaN in the row: the first NaN, as torch
     if (!(sum == sum) || am[r] >= K) am[r] = argmax_first_nan(z + r * K, K);
-    cnt[am[r]] += 1;
+    am_out[r] = am[r];
     inv[r] = 1.0f / sum;
   }
   for (int64_t k = 0; k < Kv; k += W) {
@@ -196,24 +198,25 @@ CBGAN_ALWAYS_INLINE void cb_rows_float(const float* z, float* p, float* acc, int
 }
 
 template <int W, bool kFastExp>
-CBGAN_ALWAYS_INLINE void cb_chunk_float(const float* z, float* p, float* acc, int64_t* cnt, int64_t rows, int64_t K,
+CBGAN_ALWAYS_INLINE void cb_chunk_float(const float* z, float* p, float* acc, int64_t* am, int64_t rows, int64_t K,
                                         float* tails) {
   int64_t b = 0;
   for (; b + kCBRowsSideBySide <= rows; b += kCBRowsSideBySide)
-    cb_rows_float<W, kCBRowsSideBySide, kFastExp>(z + b * K, p + b * K, acc, cnt, K, tails);
-  for (; b < rows; ++b) cb_rows_float<W, 1, kFastExp>(z + b * K, p + b * K, acc, cnt, K, tails);
+    cb_rows_float<W, kCBRowsSideBySide, kFastExp>(z + b * K, p + b * K, acc, am + b, K, tails);
+  for (; b < rows; ++b) cb_rows_float<W, 1, kFastExp>(z + b * K, p + b * K, acc, am + b, K, tails);
 }
 
 // ---- one chunk of rows, float accumulation, W lanes ------------------------------------------------
-// e: scratch of at least 2·Kw + W floats (Kw: K rounded up to W); acc: the chunk's partial sums.
+// e: scratch of at least 2·Kw + W floats (Kw: K rounded up to W); acc: the chunk's partial sums; am: each row's
+// argmax.
 template <int W, typename scalar_t>
-CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* acc, int64_t* am, int64_t rows,
                                        int64_t K, float* e) {
-  if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, cnt, rows, K, e);
+  if (K <= kCBLanesMaxK) return cb_chunk_lanes<W>(z, p, acc, am, rows, K, e);
   const bool fast = K >= kCBFastExpMinK;
   if constexpr (std::is_same<scalar_t, float>::value) {
-    if (fast) return cb_chunk_float<W, true>(z, p, acc, cnt, rows, K, e);
-    return cb_chunk_float<W, false>(z, p, acc, cnt, rows, K, e);
+    if (fast) return cb_chunk_float<W, true>(z, p, acc, am, rows, K, e);
+    return cb_chunk_float<W, false>(z, p, acc, am, rows, K, e);
   }
   // half and bfloat16: each row through float copies, in e, then the float rows' code (so the same results as
   // the float path on the converted logits)
@@ -225,9 +228,9 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
     const scalar_t* zr = z + b * K;
     for (int64_t k = 0; k < K; ++k) in[k] = static_cast<float>(zr[k]);
     if (fast) {
-      cb_rows_float<W, 1, true>(in, out, acc, cnt, K, tails);
+      cb_rows_float<W, 1, true>(in, out, acc, am + b, K, tails);
     } else {
-      cb_rows_float<W, 1, false>(in, out, acc, cnt, K, tails);
+      cb_rows_float<W, 1, false>(in, out, acc, am + b, K, tails);
     }
     scalar_t* pr = p + b * K;
     for (int64_t k = 0; k < K; ++k) pr[k] = static_cast<scalar_t>(out[k]);
@@ -236,28 +239,28 @@ CBGAN_ALWAYS_INLINE void cb_chunk_simd(const scalar_t* z, scalar_t* p, float* ac
 
 #ifdef CBGAN_HAS_X86_DISPATCH
 template <typename scalar_t>
-CBGAN_TARGET_AVX512 void cb_chunk_avx512(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+CBGAN_TARGET_AVX512 void cb_chunk_avx512(const scalar_t* z, scalar_t* p, float* acc, int64_t* am, int64_t rows,
                                          int64_t K, float* e) {
-  cb_chunk_simd<16>(z, p, acc, cnt, rows, K, e);
+  cb_chunk_simd<16>(z, p, acc, am, rows, K, e);
 }
 template <typename scalar_t>
-CBGAN_TARGET_AVX2 void cb_chunk_avx2(const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows,
+CBGAN_TARGET_AVX2 void cb_chunk_avx2(const scalar_t* z, scalar_t* p, float* acc, int64_t* am, int64_t rows,
                                      int64_t K, float* e) {
-  cb_chunk_simd<8>(z, p, acc, cnt, rows, K, e);
+  cb_chunk_simd<8>(z, p, acc, am, rows, K, e);
 }
 #endif
 
 template <typename scalar_t>
-void cb_chunk(int W, const scalar_t* z, scalar_t* p, float* acc, int64_t* cnt, int64_t rows, int64_t K, float* e) {
+void cb_chunk(int W, const scalar_t* z, scalar_t* p, float* acc, int64_t* am, int64_t rows, int64_t K, float* e) {
 #ifdef CBGAN_HAS_X86_DISPATCH
-  if (W == 16) return cb_chunk_avx512(z, p, acc, cnt, rows, K, e);
-  if (W == 8) return cb_chunk_avx2(z, p, acc, cnt, rows, K, e);
+  if (W == 16) return cb_chunk_avx512(z, p, acc, am, rows, K, e);
+  if (W == 8) return cb_chunk_avx2(z, p, acc, am, rows, K, e);
 #endif
-  cb_chunk_simd<4>(z, p, acc, cnt, rows, K, e);
+  cb_chunk_simd<4>(z, p, acc, am, rows, K, e);
 }
 
 // float64: scalar, libm exp.
-void cb_chunk(int, const double* z, double* p, double* acc, int64_t* cnt, int64_t rows, int64_t K, double*) {
+void cb_chunk(int, const double* z, double* p, double* acc, int64_t* am_out, int64_t rows, int64_t K, double*) {
   for (int64_t b = 0; b < rows; ++b) {
     const double* zr = z + b * K;
     double m = zr[0];
@@ -266,7 +269,7 @@ void cb_chunk(int, const double* z, double* p, double* acc, int64_t* cnt, int64_
       if (m != m) break;
       if (zr[k] > m || zr[k] != zr[k]) { m = zr[k]; am = k; }
     }
-    cnt[am] += 1;
+    am_out[b] = am;
     double* pr = p + b * K;
     double s = 0;
     for (int64_t k = 0; k < K; ++k) {
@@ -327,6 +330,46 @@ bool fast_class_log(int W, const float* x, float* out, int64_t K) {
 }
 bool fast_class_log(int, const double*, double*, int64_t) { return false; }
 
+// mean[k] = Σ_c partial[c·Kp + k] / B, the chunks in order for each column (any thread count, the same bits),
+// eight columns at a time: one column at a time, each column's chain of adds was exposed.
+template <typename acc_t>
+void mean_of_chunks(const acc_t* partial, int64_t nchunks, int64_t Kp, int64_t K, int64_t B, acc_t* mean) {
+  constexpr int64_t J = 8;
+  const acc_t n = static_cast<acc_t>(B);
+  int64_t k0 = 0;
+  for (; k0 + J <= K; k0 += J) {
+    acc_t s[J] = {};
+    for (int64_t c = 0; c < nchunks; ++c)
+      for (int64_t j = 0; j < J; ++j) s[j] += partial[c * Kp + k0 + j];
+    for (int64_t j = 0; j < J; ++j) mean[k0 + j] = s[j] / n;
+  }
+  for (; k0 < K; ++k0) {
+    acc_t s = 0;
+    for (int64_t c = 0; c < nchunks; ++c) s += partial[c * Kp + k0];
+    mean[k0] = s / n;
+  }
+}
+
+// Σ_k w_k·xlogx(p_k) in class order (below kCBFastExpMinK classes: the recorded runs' bits).
+template <typename acc_t>
+acc_t weighted_xlogx_sum(const acc_t* w, const acc_t* p, int64_t K) {
+  acc_t total = 0;
+  for (int64_t k = 0; k < K; ++k) total += w[k] * xlogx(p[k]);
+  return total;
+}
+
+// The same with lg = log(p) given, in eight interleaved sums: one sum's chain of adds took 4 us at K = 1010.
+template <typename acc_t>
+acc_t weighted_xlogx_sum(const acc_t* w, const acc_t* p, const acc_t* lg, int64_t K) {
+  constexpr int64_t J = 8;
+  acc_t s[J] = {};
+  int64_t k = 0;
+  for (; k + J <= K; k += J)
+    for (int64_t j = 0; j < J; ++j) s[j] += w[k + j] * (p[k + j] == acc_t(0) ? acc_t(0) : p[k + j] * lg[k + j]);
+  for (; k < K; ++k) s[0] += w[k] * (p[k] == acc_t(0) ? acc_t(0) : p[k] * lg[k]);
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 thread_local at::Tensor tl_probs;  // the probs buffer of this thread's last call (reuse.h)
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const at::Tensor& logits_in,
@@ -350,7 +393,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
     const scalar_t* z = logits.data_ptr<scalar_t>();
     scalar_t* p = probs.data_ptr<scalar_t>();
     std::vector<acc_t> partial(nchunks * Kp, acc_t(0));
-    std::vector<int64_t> part_counts(nchunks * K, 0);
+    // Each row's argmax, counted after the parallel region: per-chunk count arrays that this thread zeroed
+    // and another thread incremented cost that thread a cache line from this core per few rows (the second
+    // thread's chunks were the slower ones; 4% of the op at K = 1010 with 2 threads).
+    std::unique_ptr<int64_t[]> row_argmax(new int64_t[B]);
     // Below about 8k elements a parallel region costs more than the work (K = 10 stays on one thread); at
     // B = 256, K = 100 a second thread already pays, as it does for torch.softmax.
     const int64_t grain = std::max<int64_t>(1, 8192 / (kCBRowsPerChunk * K));
@@ -358,30 +404,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cb_forward_cpu(const 
       std::vector<acc_t> e(scratch);
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t b0 = c * kCBRowsPerChunk, rows = std::min(B - b0, kCBRowsPerChunk);
-        cb_chunk(W, z + b0 * K, p + b0 * K, partial.data() + c * Kp, part_counts.data() + c * K, rows, K, e.data());
+        cb_chunk(W, z + b0 * K, p + b0 * K, partial.data() + c * Kp, row_argmax.get() + b0, rows, K, e.data());
       }
     });
     acc_t* mp = mean_probs.data_ptr<acc_t>();
     int64_t* ct = counts.data_ptr<int64_t>();
     const acc_t* wp = w.data_ptr<acc_t>();
-    for (int64_t k = 0; k < K; ++k) {
-      acc_t s = 0;
-      int64_t n = 0;
-      for (int64_t c = 0; c < nchunks; ++c) {
-        s += partial[c * Kp + k];
-        n += part_counts[c * K + k];
-      }
-      mp[k] = s / static_cast<acc_t>(B);
-      ct[k] = n;
-    }
-    acc_t total = 0;
+    mean_of_chunks(partial.data(), nchunks, Kp, K, B, mp);
+    std::fill(ct, ct + K, int64_t(0));
+    for (int64_t b = 0; b < B; ++b) ct[row_argmax[b]] += 1;
     acc_t* lg = partial.data();  // read above; K <= its size
-    if (fast_class_log(W, mp, lg, K)) {
-      for (int64_t k = 0; k < K; ++k) total += wp[k] * (mp[k] == acc_t(0) ? acc_t(0) : mp[k] * lg[k]);
-    } else {
-      for (int64_t k = 0; k < K; ++k) total += wp[k] * xlogx(mp[k]);
-    }
-    *loss.data_ptr<acc_t>() = total;
+    *loss.data_ptr<acc_t>() =
+        fast_class_log(W, mp, lg, K) ? weighted_xlogx_sum(wp, mp, lg, K) : weighted_xlogx_sum(wp, mp, K);
   });
   return {loss, counts, probs, mean_probs};
 }
