@@ -51,6 +51,13 @@ def main():
     ap.add_argument("--blocks", type=int, default=7)
     ap.add_argument("--rounds", type=int, default=300, help="calls of each build per block")
     args = ap.parse_args()
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        ap.error("--shapes must be like 256x1010,256x10 and --threads like 1,2")
+    if any(len(s) != 2 or min(s) < 1 for s in shapes) or min(threads) < 1 or args.blocks < 1 or args.rounds < 1:
+        ap.error("shapes, thread counts, --blocks and --rounds must be positive")
     if os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:  # glibc reads these at start-up: re-run with them set
         env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="1000000000", MALLOC_MMAP_THRESHOLD_="100000000")
         os.execve(sys.executable, [sys.executable] + sys.argv, env)
@@ -60,13 +67,12 @@ def main():
         build(args.new, "cbab_new", tmp)
     ops = [torch.ops.cbab_base.class_balancing_loss_forward, torch.ops.cbab_new.class_balancing_loss_forward]
     print(f"base {args.base}, new {args.new}: median(base) / median(new) per block, {args.rounds} calls each")
-    for shape in args.shapes.split(","):
-        B, K = (int(v) for v in shape.split("x"))
+    for B, K in shapes:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(B, K, generator=g)
         w = torch.rand(K, generator=g) + 0.1
         same = [torch.equal(a, b) for a, b in zip(ops[0](x, w), ops[1](x, w))]
-        for n in (int(t) for t in args.threads.split(",")):
+        for n in threads:
             torch.set_num_threads(n)
             for _ in range(20):
                 ops[0](x, w), ops[1](x, w)
