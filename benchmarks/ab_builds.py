@@ -16,7 +16,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+
+from _timing import ratio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -76,19 +77,11 @@ def main():
             torch.set_num_threads(n)
             for _ in range(20):
                 ops[0](x, w), ops[1](x, w)
-            ratios, base_t = [], []
-            for _ in range(args.blocks):
-                t = ([], [])
-                for i in range(args.rounds):
-                    for j in ((0, 1) if i % 2 == 0 else (1, 0)):
-                        t0 = time.perf_counter()
-                        ops[j](x, w)
-                        t[j].append(time.perf_counter() - t0)
-                ratios.append(statistics.median(t[0]) / statistics.median(t[1]))
-                base_t.append(statistics.median(t[0]))
+            blocks = [ratio(lambda: ops[1](x, w), lambda: ops[0](x, w), args.rounds) for _ in range(args.blocks)]
+            ratios = [r for r, _ in blocks]
+            new_us = statistics.median(t for _, t in blocks) * 1e6
             print(f"B={B} K={K} threads={n}: {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}), "
-                  f"base {statistics.median(base_t) * 1e6:.0f} us; equal (loss, counts, probs, mean): {same}",
-                  flush=True)
+                  f"new {new_us:.0f} us; equal (loss, counts, probs, mean): {same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the source tree (an editable install) comes first
@@ -24,19 +23,9 @@ sys.path.insert(0, os.path.dirname(HERE))  # the source tree (an editable instal
 import torch  # noqa: E402
 
 from cbgan_ext import ops, reference  # noqa: E402
+from _timing import ratio  # noqa: E402
 
 B = 256
-
-
-def ratio(fused, eager, rounds):
-    tf, te = [], []
-    for i in range(rounds):
-        pair = ((fused, tf), (eager, te)) if i % 2 == 0 else ((eager, te), (fused, tf))
-        for fn, out in pair:
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-    return statistics.median(te) / statistics.median(tf), statistics.median(tf)
 
 
 def cases():
