@@ -515,8 +515,8 @@ def _configure_demo(p):
                    help="cbgan section: comma-separated methods (default: those of the main job)")
     p.add_argument("--sections", default="cbgan,bagan,softlabel",
                    help="comma-separated parts: cbgan (the main-job methods on the long-tailed data), bagan (BAGAN "
-                        "vs ACGAN vs the minority-only GAN with one class dropped, and the augmented-classifier test) "
-                        "and softlabel (Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN on the lognormal profile)")
+                        "vs ACGAN with one class dropped, and the augmented-classifier test) and softlabel "
+                        "(Softlabel-GAN vs DiffAug-GAN on the lognormal profile)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
                    "and write OUT/summary.md (mean and spread)")
@@ -524,8 +524,8 @@ def _configure_demo(p):
 
 
 @subcommand("demo", help="the main job: an annotator, then its sections (CBGAN and its baseline on long-tailed "
-            "Fashion-MNIST, rho=100, with the classifier in the loop; BAGAN vs ACGAN vs the minority-only GAN; "
-            "Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN on the lognormal profile), then a report",
+            "Fashion-MNIST, rho=100, with the classifier in the loop; BAGAN vs ACGAN; Softlabel-GAN vs DiffAug-GAN "
+            "on the lognormal profile), then a report",
             configure=_configure_demo)
 def _run_demo(args):
     positive = float_check(0, lo_open=True)

@@ -57,6 +57,8 @@ def test_decoder_layers_match_the_released_code():
     assert sum(isinstance(m, nn.Upsample) for m in G.blocks) == 2
     assert (G.out.out_channels, G.out.kernel_size, G.out.bias) == (3, (2, 2), None)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
+    narrow = BAGANGenerator(z_dim=100, channels=1, image_size=32, width=0.25)
+    assert [m.out_features for m in narrow.dense if isinstance(m, nn.Linear)] == [1024, 32 * 64]  # 1024 at any width
     x = G.decode(torch.randn(5, 100))
     assert x.shape == (5, 3, 32, 32) and x.abs().max() <= 1
 
@@ -197,6 +199,50 @@ def test_rebalance_sampling_follows_the_released_formula():
     assert np.allclose(M.class_probs().numpy(), p / p.sum())
     y = M.sample_labels(20000, torch.Generator().manual_seed(0), "cpu")
     assert abs(float((y == 3).double().mean()) - p[3] / p.sum()) < 0.02
+
+
+def test_autoencoder_has_its_own_optimizer_settings(tmp_path):
+    """ae_lr / ae_beta1 drive the autoencoder's Adam and are recorded as its settings; unset, it uses the GAN's."""
+    data = tiny_data()
+    seen = {}
+    from cbgan_ext.train.methods import bagan as bagan_mod
+    run = bagan_mod.AutoencoderStage.run
+
+    def spy(self):
+        seen[self.out] = dict(self.optimizers["AE"].param_groups[0])
+        return run(self)
+    bagan_mod.AutoencoderStage.run = spy
+    try:
+        for name, extra in (("own", dict(ae_lr=1e-3, ae_beta1=0.9)), ("gan", {})):
+            t = GANTrainer(data, str(tmp_path / name), method="bagan", steps=0, ae_steps=1, lr=2e-4, beta1=0.5,
+                           progress=False, **SMALL, **extra)
+            t.run()
+            assert t.optimizers["G"].param_groups[0]["lr"] == 2e-4
+    finally:
+        bagan_mod.AutoencoderStage.run = run
+    own, gan = seen[str(tmp_path / "own")], seen[str(tmp_path / "gan")]
+    assert (own["lr"], own["betas"]) == (1e-3, (0.9, 0.999)) and (gan["lr"], gan["betas"]) == (2e-4, (0.5, 0.999))
+    cfg = json.load(open(tmp_path / "own" / "autoencoder.json"))
+    assert (cfg["lr"], cfg["beta1"]) == (1e-3, 0.9)
+    with pytest.raises(ConfigMismatchError, match="lr"):  # another autoencoder lr is another run
+        GANTrainer(data, str(tmp_path / "own"), method="bagan", steps=1, ae_steps=1, lr=2e-4, beta1=0.5,
+                   ae_lr=5e-4, ae_beta1=0.9, progress=False, **SMALL).run()
+
+
+@pytest.mark.parametrize("sampling", ["data", "balanced"])
+def test_real_sampling(tmp_path, sampling):
+    """'balanced': D's real batches hold every class equally often (the minority's few images repeat); 'data':
+    as in the data. Both come from the data stream, so a resume is exact either way."""
+    counts = (40, 40, 40, 6)
+    t = GANTrainer(tiny_data(counts), str(tmp_path), method="bagan", steps=0, real_sampling=sampling,
+                   progress=False, **SMALL)
+    labels = torch.cat([t._real_batch()[1] for _ in range(500)])  # 4000 draws
+    share = torch.bincount(labels, minlength=K).double() / len(labels)
+    expect = torch.full((K,), 1 / K, dtype=torch.float64) if sampling == "balanced" else \
+        torch.tensor(counts, dtype=torch.float64) / sum(counts)
+    assert torch.allclose(share, expect, atol=0.03), share
+    images, y, idx = t._real_batch()
+    assert torch.equal(images, t.images[idx]) and torch.equal(y, t.labels[idx])
 
 
 def _train_in_pieces(tmp_path, name, crash_at):

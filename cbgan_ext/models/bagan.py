@@ -1,7 +1,7 @@
 """BAGAN's networks (Mariani et al. 2018), as the released code (IBM/BAGAN ``balancing_gan.py``) defines them,
 with a ``width`` multiplier on every channel count for CPU runs.
 
-* Decoder = G: dense 1024 → dense 128·r² (ReLU, no bias; r = the size halved until ≤ 8: 7 for 28, 8 for 32)
+* Decoder = G: dense 1024 (at every width) → dense 128·r² (ReLU, no bias; r = the size halved until ≤ 8: 7 for 28, 8 for 32)
   → reshape → per doubling [nearest up ×2 → 5×5 conv, ReLU, no bias] with 256 channels while the map is under
   half the output size, then 128 → 2×2 conv ("same", padded right/bottom as Keras) to the image channels, tanh.
   No batch norm.
@@ -28,6 +28,7 @@ from .gan import _Discriminator
 
 LATENT = 100  # the released code's latent_size
 LEAKY, DROPOUT = 0.3, 0.3  # Keras' LeakyReLU default slope; the released dropout
+DENSE = 1024  # G's first dense layer
 
 
 def _c(n, width):
@@ -62,8 +63,9 @@ class BAGANGenerator(nn.Module):
             raise ValueError("BAGANGenerator: class Gaussians need num_classes >= 1")
         c0 = _c(128, width)
         self.c0 = c0
-        self.dense = nn.Sequential(nn.Linear(z_dim, _c(1024, width), bias=False), nn.ReLU(inplace=True),
-                                   nn.Linear(_c(1024, width), c0 * r * r, bias=False), nn.ReLU(inplace=True))
+        # The released 1024 units at every width: the layer is cheap, so the width multiplier (for speed) leaves it.
+        self.dense = nn.Sequential(nn.Linear(z_dim, DENSE, bias=False), nn.ReLU(inplace=True),
+                                   nn.Linear(DENSE, c0 * r * r, bias=False), nn.ReLU(inplace=True))
         layers, res, cin = [], r, c0
         while res < image_size:
             cout = _c(256, width) if res < image_size / 2 else _c(128, width)

@@ -81,7 +81,7 @@ def check_classifier(model, x, num_classes, what):
 class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
     settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
-                            "ae_steps": 1000,
+                            "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
                             "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
@@ -164,6 +164,10 @@ class GANTrainer(TrainLoop):
         self._eval_images = eval_images
         self._evaluator = None
         self.images, self.labels = self.method.training_set(*self._stack_dataset(dataset))
+        self._real_weights = None
+        if s["real_sampling"] == "balanced":
+            counts = torch.bincount(self.labels, minlength=self.num_classes).double()
+            self._real_weights = (1.0 / counts.clamp(min=1))[self.labels]
         # from the global batch, then split: the released composition whatever the number of ranks
         n_d, n_g = self.method.fake_batch_sizes(self.batch_size)
         self.n_fake_d = dist.local_share(n_d, "fakes per D step")
@@ -193,7 +197,10 @@ class GANTrainer(TrainLoop):
         return torch.randn(n, self.z_dim, device=self.device, generator=self.noise_rng.gen)
 
     def _real_batch(self):
-        idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
+        if self._real_weights is not None:  # every class equally often
+            idx = torch.multinomial(self._real_weights, self.local_batch, replacement=True, generator=self.data_rng.gen)
+        else:
+            idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
 
     def _fake_batch(self, n):

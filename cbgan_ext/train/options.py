@@ -87,6 +87,9 @@ OPTIONS = {
     "cycle": Option(2000, "steps per cycle between updates of the effective class frequency N̂", int_check(1)),
     "weighting": Option("paper", "CB class weights: the paper's text or the released code's",
                         _choice("paper", "official")),
+    "real_sampling": Option("data", "how D's real batches are drawn: 'data' (every image equally often, so classes as "
+                            "in the data) or 'balanced' (every class equally often, images uniform within it)",
+                            _choice("data", "balanced")),
     "ema_decay": Option(0.9999, "EMA decay of the generator", float_check(0, 1)),
     "ema_start": Option(20000, "EMA starts (copies before)", int_check(0)),
     "d_channels_last": Option(False, "D's inputs (so its activations) in channels_last memory format; CPU average "
@@ -97,6 +100,10 @@ OPTIONS = {
                    flag=False),
     "ae_steps": Option(1000, "BAGAN: autoencoder steps (MSE, all training images) before the adversarial stage",
                        int_check(0)),
+    "ae_lr": Option(None, "BAGAN: the autoencoder's Adam learning rate (default: the GAN's lr, as the released code)",
+                    float_check(0, lo_open=True, none_ok=True), type=float),
+    "ae_beta1": Option(None, "BAGAN: the autoencoder's Adam beta1 (default: the GAN's beta1, as the released code)",
+                       float_check(0, 1, hi_open=True, none_ok=True), type=float),
     "latent_shrinkage": Option(0.1, "BAGAN: a class with no more images than latent dimensions gets the covariance "
                                "(1 - s) Σ_c + s·diag(pooled Σ); 0 refuses such classes", float_check(0, 1)),
     "class_sampling": Option("uniform", "BAGAN: classes of the fakes, uniform or the released code's 'rebalance' "

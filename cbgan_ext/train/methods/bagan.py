@@ -199,7 +199,8 @@ class _Autoencoder(torch.nn.Module):
 
 
 class AutoencoderStage(TrainLoop):
-    """BAGAN's stage 1: E and the GAN's G (as decoder) trained with MSE, Adam at the GAN's lr and β1, on batches
+    """BAGAN's stage 1: E and the GAN's G (as decoder) trained with MSE, Adam at ``ae_lr`` and ``ae_beta1`` (by
+    default the GAN's lr and β1, as the released code), on batches
     drawn like the GAN's (``ae_steps`` steps of ``batch_size``). Its own checkpoint, log and config."""
 
     def __init__(self, trainer, encoder):
@@ -213,7 +214,9 @@ class AutoencoderStage(TrainLoop):
         self.modules = {"E": self.E, "G": trainer.G}
         self.AE_step = _Autoencoder(self.E, trainer.G)
         params = list(self.E.parameters()) + list(trainer.G.parameters())
-        self.optimizers = {"AE": torch.optim.Adam(params, lr=s["lr"], betas=(s["beta1"], s["beta2"]))}
+        lr = s["lr"] if s.get("ae_lr") is None else s["ae_lr"]
+        beta1 = s["beta1"] if s.get("ae_beta1") is None else s["ae_beta1"]
+        self.optimizers = {"AE": torch.optim.Adam(params, lr=lr, betas=(beta1, s["beta2"]))}
         from ..gan import GeneratorState, _stream_seed
         self.data_rng = GeneratorState(_stream_seed(s["seed"], 4, self.rank))
         self.extra_state = {"data_rng": self.data_rng}
@@ -221,7 +224,8 @@ class AutoencoderStage(TrainLoop):
         self.config = {k: trainer.config[k] for k in ("method", "arch", "width", "z_dim", "batch_size", "lr", "beta1",
                                                       "beta2", "d_sn", "seed", "image_shape", "class_counts",
                                                       "dataset")}
-        self.config["ae_steps"] = s["ae_steps"]
+        # "lr" and "beta1" are the autoencoder's own (the GAN's before ae_lr existed): the GAN stage's may differ
+        self.config.update(ae_steps=s["ae_steps"], lr=lr, beta1=beta1)
         self.resume_may_change = ("ae_steps",)
 
     def try_resume(self):
