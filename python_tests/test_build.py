@@ -8,8 +8,8 @@ def test_build_info_reports_the_build():
     for key in ("cuda", "cuda_version", "cuda_archs", "openmp", "num_threads"):
         assert key in info
     if info["cuda"]:
-        major, minor = info["cuda_version"].split(".")
-        assert int(major) >= 11 and int(minor) >= 0
+        # kernels built with another CUDA major than torch's would not load beside it
+        assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
         assert len(info["cuda_archs"]) >= 1
     else:
         assert info["cuda_version"] is None and info["cuda_archs"] == []

@@ -1,7 +1,8 @@
 """BAGAN's networks (Mariani et al. 2018), as the released code (IBM/BAGAN ``balancing_gan.py``) defines them,
 with a ``width`` multiplier on every channel count for CPU runs.
 
-* Decoder = G: dense 1024 (at every width) → dense 128·r² (ReLU, no bias; r = the size halved until ≤ 8: 7 for 28, 8 for 32)
+* Decoder = G: dense 1024 (at every width) → dense 128·r² (ReLU, no bias; r = the size halved until ≤ 8: 7 for
+  28, 8 for 32)
   → reshape → per doubling [nearest up ×2 → 5×5 conv, ReLU, no bias] with 256 channels while the map is under
   half the output size, then 128 → 2×2 conv ("same", padded right/bottom as Keras) to the image channels, tanh.
   No batch norm.
