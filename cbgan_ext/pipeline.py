@@ -62,7 +62,8 @@ _BAGAN = dict(methods=("bagan", "acgan"), augment_rows=("plain", "oversample", "
 # class), BigGAN-32 at width 0.125 (ch 8), the same schedule for both methods. The soft labels come from a
 # ResNet-32 trained with CE - 0.3 H.
 SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
-_SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal", eval_samples=2000, lpips_images=100,
+_SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal", eval_samples=2000,
+                  lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
                                   amp="auto"),
                   gan=dict(width=0.125, batch_size=64, n_dis=2, steps=2000, ema_start=1000,
@@ -78,8 +79,7 @@ PRESETS = {
                   classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3), annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
                   bagan=dict(_BAGAN, augment_rows=("plain", "oversample"), eval_samples=1000,
-                             gan=dict(_BAGAN["gan"], steps=200, ae_steps=100),
-                             augment=dict(_BAGAN["augment"], epochs=1)),
+                             gan=dict(_BAGAN["gan"], steps=200, ae_steps=100)),
                   softlabel=dict(_SOFTLABEL, eval_samples=1000, classifier=dict(_SOFTLABEL["classifier"], epochs=5),
                                  gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150))),
     "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",

@@ -198,7 +198,8 @@ class GANTrainer(TrainLoop):
 
     def _real_batch(self):
         if self._real_weights is not None:  # every class equally often
-            idx = torch.multinomial(self._real_weights, self.local_batch, replacement=True, generator=self.data_rng.gen)
+            idx = torch.multinomial(self._real_weights, self.local_batch, replacement=True,
+                                    generator=self.data_rng.gen)
         else:
             idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
