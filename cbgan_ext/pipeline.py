@@ -249,8 +249,7 @@ def bagan_section(out, cfg, seed, progress=True):
         d = os.path.join(out, "bagan", method)
         if method in b["augment_methods"]:
             dirs.append(d)
-        gan = {k: v for k, v in b["gan"].items() if k not in _BAGAN_AE or get_method(method).pre_stages}
-        trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, **gan)
+        trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, **bagan_gan_settings(b, method))
         trainer.config.update(annotator=ann_path)
         trainer.run()
         key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
@@ -263,6 +262,11 @@ def bagan_section(out, cfg, seed, progress=True):
     aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
                        rows=tuple(b["augment_rows"]), **b["augment"])
     return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
+
+
+def bagan_gan_settings(b, method):
+    """The BAGAN section's GAN settings for ``method``: the autoencoder's only for methods with that stage."""
+    return {k: v for k, v in b["gan"].items() if k not in _BAGAN_AE or get_method(method).pre_stages}
 
 
 def _bagan_lines(bagan):

@@ -174,8 +174,9 @@ def test_default_preset_is_the_recorded_settings():
         assert res["config"]["bagan"] == json.loads(json.dumps(b)), s
         for m in b["methods"]:
             c = json.load(open(os.path.join(docs, "bagan", f"seed{s}", f"config_{m}.json")))
-            own = {k: v for k, v in b["gan"].items() if k not in pipeline._BAGAN_AE or m == "bagan"}
+            own = pipeline.bagan_gan_settings(b, m)
             assert {k: c[k] for k in own} == own, (s, m)
+            assert set(pipeline._BAGAN_AE) <= set(own) if m == "bagan" else not set(pipeline._BAGAN_AE) & set(own)
         aug = res["bagan"]["augment"]
         assert list(aug["rows"]) == [*b["augment_rows"], *b["augment_methods"]]
     # BAGAN's autoencoder settings go to the method with that stage only

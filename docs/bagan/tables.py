@@ -4,12 +4,13 @@ import json
 import os
 import statistics
 
+from cbgan_ext.pipeline import _spread
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def spread(vals):
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.fmean(vals):.3f} ± {sd:.3f} ({min(vals):.3f}–{max(vals):.3f})"
+    return "{:.3f} ± {:.3f} ({:.3f}–{:.3f})".format(*_spread(vals))
 
 
 def main():
