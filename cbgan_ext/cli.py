@@ -48,6 +48,9 @@ def build_parser():
                           "methods` lists them).", 79, break_on_hyphens=False)  # method names stay whole
     parser = _Parser(prog="cbgan-ext", description=about, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or CBGAN_EXT_DEBUG=1)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="load files that only the full unpickler reads (older cbgan_ext files): that can run "
+                             "code, so only for files you trust (or CBGAN_EXT_TRUST_PICKLE=1)")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (help_, configure, run) in _SUBCOMMANDS.items():
         p = subs.add_parser(name, help=help_, description=help_)
@@ -60,11 +63,14 @@ def main(argv=None):
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CBGAN_EXT_DEBUG", "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+    trust = "--trust-pickle" in argv
+    argv = [a for a in argv if a not in ("--debug", "--trust-pickle")]  # accepted anywhere on the line
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
         return 2
+    from .train import checkpoint
+    previous = checkpoint.trust_pickle(True) if trust else None
     try:
         return args._run(args) or 0
     except KeyboardInterrupt:
@@ -77,6 +83,9 @@ def main(argv=None):
         kind = "" if isinstance(e, (ValueError, OSError, RuntimeError)) else f"{type(e).__name__}: "
         print(f"cbgan-ext {args.command}: error: {kind}{msg}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
+    finally:
+        if previous is not None:
+            checkpoint.trust_pickle(previous)
 
 
 def check_args(args, **rules):

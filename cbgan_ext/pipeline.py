@@ -25,6 +25,7 @@ import torchvision
 from .data import get_dataset
 from .metrics import inception_available
 from .models.classifier import load_classifier
+from .train import checkpoint as ckpt
 from .train.classifier import _file_digest, train_classifier
 from .train.evaluate import Evaluator
 from .train.gan import GANTrainer
@@ -111,7 +112,7 @@ def _log(msg):
 
 
 def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads):
-    state = torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+    state = ckpt.load(path, what="classifier") if os.path.exists(path) else None
     if state is not None and state.get("finished", False):
         _check_finished_classifier(path, state, dict(dataset=dataset, imbalance_ratio=imbalance,
                                                      image_size=image_size, seed=seed, **settings))
@@ -168,6 +169,16 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
 
 
 def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=True, **overrides):
+    resolve_config(preset, **overrides)  # settings checked before the folder is made
+    os.makedirs(out, exist_ok=True)
+    lock = ckpt.RunLock(ckpt.lock_path(os.path.join(out, "job")), f"main-job directory {out}").acquire()
+    try:
+        return _run(out, preset=preset, seed=seed, threads=threads, progress=progress, **overrides)
+    finally:
+        lock.release()
+
+
+def _run(out, *, preset, seed, threads, progress, **overrides):
     cfg = resolve_config(preset, **overrides)
     if threads:
         torch.set_num_threads(int(threads))

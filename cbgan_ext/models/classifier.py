@@ -103,9 +103,11 @@ def build_classifier(config):
 
 def load_classifier(path, map_location="cpu", eval_mode=True):
     """A trained classifier from a ``train-classifier`` checkpoint; the checkpoint dict is ``model.checkpoint_info``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    from ..train import checkpoint
+    ckpt = checkpoint.load(path, map_location=map_location, what="classifier")
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"load_classifier: {path} is not a cbgan_ext classifier checkpoint")
+        hint = " (it is a GAN run's checkpoint)" if isinstance(ckpt, dict) and "modules" in ckpt else ""
+        raise ValueError(f"classifier {path} is not a cbgan_ext classifier checkpoint (from train-classifier){hint}")
     model = build_classifier(ckpt["model_config"])
     model.load_state_dict(ckpt["model"])  # copies into the CPU-built model: move it where asked
     if isinstance(map_location, (str, torch.device)):

@@ -253,7 +253,7 @@ class ClassifierTrainer(TrainLoop):
                  test_dataset=self.test_set.config, classes=list(ts.classes), class_counts=ts.class_counts,
                  loss=self.cfg["loss"], imbalance_ratio=self.cfg["imbalance_ratio"], accuracy=last.get("accuracy"),
                  balanced_accuracy=last.get("balanced_accuracy"), per_class_accuracy=last.get("per_class_accuracy"),
-                 finished=self.step >= self.steps, torch_version=torch.__version__, global_step=self.step,
+                 finished=self.step >= self.steps, torch_version=str(torch.__version__), global_step=self.step,
                  torchelastic_run_id=os.environ.get("TORCHELASTIC_RUN_ID"),
                  config=self.config, **self.state)
         if with_weights:
@@ -436,7 +436,7 @@ def soft_labels(checkpoint, dataset=None, *, cache_dir=None, use_cache=True, bat
     d = cache_dir or os.path.dirname(os.path.abspath(checkpoint))
     path = os.path.join(d, f"{os.path.basename(checkpoint)}.softlabels-{key}.pt")
     if use_cache and os.path.exists(path):
-        cached = torch.load(path, map_location="cpu", weights_only=True)
+        cached = ckpt.load(path, what="soft-label cache")
         if cached.get("key") == key:
             return cached["soft_labels"]
     probs = []

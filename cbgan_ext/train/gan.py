@@ -295,7 +295,12 @@ def _run_checkpoint(run_dir, checkpoint):
         path = os.path.join(run_dir, "checkpoint.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint in {run_dir} (looked for best.pt and checkpoint.pt)")
-    return ckpt.load(path)
+    state = ckpt.load(path, what="run checkpoint")
+    if not (isinstance(state, dict) and isinstance(state.get("config"), dict) and "modules" in state
+            and "num_classes" in state["config"]):
+        hint = " (it is a classifier's)" if isinstance(state, dict) and "model_config" in state else ""
+        raise ValueError(f"{path} is not a checkpoint of a cbgan-ext train run{hint}")
+    return state
 
 
 def load_run(run_dir, checkpoint="best", device="cpu", generator="ema"):

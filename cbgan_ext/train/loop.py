@@ -97,6 +97,10 @@ class TrainLoop:
         self.stopped_early = False
         os.makedirs(out, exist_ok=True)
         self.ckpt_path = ckpt_path or os.path.join(out, "checkpoint.pt")
+        self._lock = None
+        if self.is_main:  # under torchrun rank 0 writes, so rank 0 holds the lock
+            what = self.ckpt_path if config_path is None else f"run directory {out}"
+            self._lock = ckpt.RunLock(ckpt.lock_path(self.ckpt_path), what).acquire()
         self.best_path = os.path.join(out, "best.pt")
         self.log_path = log_path or os.path.join(out, "metrics.jsonl")
         self._tb = None
@@ -283,7 +287,18 @@ class TrainLoop:
         return metrics
 
     # ---- the loop -----------------------------------------------------------------------------------
+    def release_lock(self):
+        """Let another process write this run (``run`` does it when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
     def run(self):
+        try:
+            return self._run()
+        finally:
+            self.release_lock()
+
+    def _run(self):
         if not self.try_resume() and self.config_path and self.is_main:
             with open(self.config_path + ".tmp", "w") as f:
                 json.dump(_json_safe(_canonical(self.config)), f, indent=1)
