@@ -108,6 +108,48 @@ def _check_minority(args):
     args.minority_class = int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
 
 
+def check_device(name):
+    """--device: a torch device this machine has, checked before any work."""
+    import torch
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is visible here (torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
+    return name
+
+
+def _check_dataset_args(args):
+    """The dataset flags that can be checked without loading the data."""
+    from .data import list_datasets
+    from .data.sources import NUM_CLASSES
+    if args.dataset not in list_datasets():
+        raise UsageError(f"--dataset: expected one of {', '.join(list_datasets())}, got {args.dataset!r}")
+    check_device(args.device)
+    k = NUM_CLASSES.get(args.dataset)
+    wanted = args.minority_class if isinstance(args.minority_class, list) else [args.minority_class]
+    if k is not None and args.profile == "bagan" and any(c >= k for c in wanted):
+        raise UsageError(f"--minority-class: {args.dataset} has classes 0..{k - 1}, got {args.minority_class}")
+
+
+def _check_writable(flag, path, create=False):
+    """The folder ``path`` will be written into exists (or, with ``create``, can be made) and is writable,
+    checked before any work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while create and not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag}: folder {folder} " + ("is a file" if os.path.exists(folder) else "does not exist"))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: folder {folder} is not writable")
+
+
 def _flag(key):
     return "--" + key.replace("_", "-")
 
@@ -188,8 +230,16 @@ def _run_train_classifier(args):
                warmup_epochs=float_check(0), drw_epoch=float_check(0), threads=int_check(1),
                drop_fraction=float_check(0, 1, hi_open=True))
     _check_minority(args)
-    if args.extra and not os.path.isfile(args.extra):
-        raise UsageError(f"--extra: {args.extra} is not a file")
+    _check_dataset_args(args)
+    if (args.depth - 2) % 6 != 0 or args.depth < 8:
+        raise UsageError(f"--depth: expected 6n+2 with n >= 1 (8, 20, 32, 44, 56, 110), got {args.depth}")
+    _check_writable("--out", args.out, create=True)
+    args.extra = _existing_file("extra", args.extra)
+    if args.resume and not os.path.exists(args.out):
+        raise UsageError(f"--resume: nothing to resume, {args.out} does not exist")
+    from .train.classifier import drw_problem
+    if args.drw_epoch is not None and drw_problem(args.loss, args.drw_epoch, args.epochs):
+        raise UsageError(f"--drw-epoch: {drw_problem(args.loss, args.drw_epoch, args.epochs)}")
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
@@ -286,6 +336,52 @@ def _train_settings(args):
     return settings
 
 
+def _check_train_flags_apply(args, settings, cls):
+    """Every flag given is read by the method: a flag it would ignore is an error, not a silent no-op."""
+    from .train.options import unused_options
+    cb_reg = cls.cb_regularizer if settings.get("cb_reg") is None else settings["cb_reg"]
+    from .train.options import GROUPS
+    unused = unused_options(cls, settings, cb_reg)
+    if args.classifier is not None and not cb_reg:
+        unused.insert(0, "classifier")
+    cb_named = any(k in GROUPS["cb"] or k == "classifier" for k in unused)
+    who = f"method {args.method!r}" + (" without the CB regularizer (--cb-reg)" if cb_named else "")
+    unused = [_flag(k) for k in unused]
+    if args.soft_labels is not None and not cls.needs_soft_labels:
+        unused.append("--soft-labels")
+    if unused:
+        raise UsageError(f"{', '.join(unused)}: not used by {who}")
+    if cls.needs_soft_labels and args.soft_labels is None:
+        raise UsageError(f"--soft-labels: method {args.method!r} needs the classifier whose softmax labels the "
+                         "training images (a train-classifier checkpoint)")
+    if cb_reg and args.classifier is None:
+        raise UsageError(f"--classifier: {who} needs the classifier in the loop (a train-classifier checkpoint)")
+    if args.image_size is not None:  # the networks' sizes, checked on the meta device (no memory, no time)
+        import torch
+        from .train.options import resolve
+        s = resolve(cls.defaults, **settings)
+        try:
+            with torch.device("meta"):
+                cls(10, [1] * 10, s).build(s["arch"], channels=1, image_size=args.image_size, width=s["width"],
+                                           z_dim=s["z_dim"], d_sn=s["d_sn"])
+        except ValueError as e:
+            raise UsageError(f"--image-size: {e}") from None
+    if args.sync_bn and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--sync-bn: only under torchrun with more than one process")
+    for name in ("classifier", "soft_labels", "annotator"):
+        setattr(args, name, _existing_file(name, getattr(args, name)))
+
+
+def _existing_file(name, path):
+    """A file flag's path, absolute (so a run's config names it from anywhere), checked before any work."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UsageError(f"{_flag(name)}: {path} " + ("is a directory, expected a file" if os.path.isdir(path)
+                                                      else "does not exist"))
+    return os.path.abspath(path)
+
+
 @subcommand("train", help="train a GAN method (see `cbgan-ext methods`) on a (long-tailed) dataset",
             configure=_configure_train)
 def _run_train(args):
@@ -293,6 +389,7 @@ def _run_train(args):
     check_args(args, imbalance=float_check(1), threads=int_check(1), n_max=int_check(1), image_size=int_check(1),
                drop_fraction=float_check(0, 1, hi_open=True))
     _check_minority(args)
+    _check_dataset_args(args)
     import torch
     from .data import get_dataset
     from .models.classifier import load_classifier
@@ -301,8 +398,7 @@ def _run_train(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     from .train.methods import get_method
-    if args.soft_labels and not get_method(args.method).needs_soft_labels:
-        raise UsageError(f"--soft-labels: method {args.method!r} does not use soft labels (softlabel-gan does)")
+    _check_train_flags_apply(args, settings, get_method(args.method))
     device = dist.setup(args.device)  # under torchrun: the process group, this rank's device
     main_rank = dist.is_main()
     try:
@@ -363,8 +459,10 @@ def _run_eval(args):
         raise UsageError("--lpips-images: expected 0 (off) or >= 2 images (LPIPS compares pairs), got 1")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise UsageError(f"--plot: expected a .png path, got {args.plot!r}")
-    if args.plot and not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
-        raise UsageError(f"--plot: the folder of {args.plot!r} does not exist")
+    if args.plot:
+        _check_writable("--plot", args.plot)
+    check_device(args.device)
+    args.annotator = _existing_file("annotator", args.annotator)
     from .train.gan import evaluate_run, load_run
     run = None
     if args.plot:
@@ -408,6 +506,9 @@ def _run_sample(args):
     out = args.out or os.path.join(args.run, "samples.png")
     if not out.endswith((".png", ".pt", ".jpg")):
         raise UsageError(f"--out: expected a .png, .jpg or .pt path, got {out!r}")
+    if args.out:  # the default lies in the run's folder, checked when the run is read
+        _check_writable("--out", out)
+    check_device(args.device)
     run = load_run(args.run, args.checkpoint, device=args.device, generator=args.generator)
     nrow = int(math.ceil(args.n ** 0.5))
     if args.klass is not None:
@@ -467,6 +568,7 @@ def _run_augment_eval(args):
             raise UsageError(f"--run: {r} is not a directory")
     if not args.run:
         raise UsageError("--run: give at least one GAN run (its dataset fixes the imbalanced set)")
+    check_device(args.device)
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)

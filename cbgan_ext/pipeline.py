@@ -170,6 +170,7 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
 
 def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=True, **overrides):
     resolve_config(preset, **overrides)  # settings checked before the folder is made
+    out = os.path.abspath(out)  # the runs' configs name their annotator and classifier from anywhere
     os.makedirs(out, exist_ok=True)
     lock = ckpt.RunLock(ckpt.lock_path(os.path.join(out, "job")), f"main-job directory {out}").acquire()
     try:

@@ -18,7 +18,7 @@ from cbgan_ext.train import checkpoint as ckpt
 from cbgan_ext.train import losses
 from cbgan_ext.train.evaluate import balanced_test_split
 from cbgan_ext.train.gan import paper_lambda
-from cbgan_ext.train.options import OPTIONS
+from cbgan_ext.train.options import GROUPS, OPTIONS, unused_options
 from conftest import DEVICES
 
 
@@ -60,14 +60,18 @@ EVAL_IMAGES = torch.rand(40, 1, 32, 32, generator=torch.Generator().manual_seed(
 
 def _trainer(tmp, steps, method="cbgan", **kw):
     torch.manual_seed(0)  # the frozen classifiers are inputs, not trainer state: the same for every run
-    settings = dict(steps=steps, arch="sndcgan", width=0.125, z_dim=16, batch_size=8, cycle=2, eval_samples=64,
+    settings = dict(steps=steps, arch="sndcgan", width=0.125, z_dim=16, batch_size=8, eval_samples=64,
                     ema_start=2, log_every=1, sample_every=0, eval_every=3, ckpt_every=3, seed=3)
+    cb_reg = get_method(method).cb_regularizer if kw.get("cb_reg") is None else kw["cb_reg"]
+    if cb_reg:
+        settings["cycle"] = 2
     settings.update(kw)
     data = TinyData()
     soft = None
     if get_method(method).needs_soft_labels:  # a classifier's softmax per training image (softlabel-gan)
         soft = torch.softmax(torch.randn(len(data), len(data.class_counts)), dim=1)
-    return GANTrainer(data, str(tmp), method=method, classifier=TinyClassifier(), annotator=TinyClassifier(),
+    return GANTrainer(data, str(tmp), method=method, classifier=TinyClassifier() if cb_reg else None,
+                      annotator=TinyClassifier(),
                       eval_images=EVAL_IMAGES, progress=False, soft_labels=soft, **settings)
 
 
@@ -427,6 +431,7 @@ def test_every_method_trains_a_few_steps(tmp_path, device):
         own = {}
         if get_method(name).defaults.get("arch") == "bagan":  # BAGAN's family: its networks, a short autoencoder
             own = dict(arch="bagan", ae_steps=2, target_class=0)
+            own = {k: v for k, v in own.items() if k not in unused_options(get_method(name), own, False)}
         t = _trainer(tmp_path / name, 2, method=name, eval_every=2, device=device, **own)
         t.run()
         rec = [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")]
@@ -593,3 +598,57 @@ def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(t
     assert "is unconditional" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
     assert cli.main(["eval", "--run", str(run), "--plot", str(tmp_path / "no" / "p.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,given,named", [
+    ("gan", dict(lam=5.0), "lam"), ("gan", dict(ae_steps=5), "ae_steps"), ("cbgan", dict(target_class=1), "target_class"),
+    ("acgan", dict(class_sampling="rebalance"), "class_sampling"), ("cgan-pd", dict(cycle=3), "cycle")])
+def test_settings_a_method_does_not_read_are_refused(tmp_path, capsys, method, given, named):
+    with pytest.raises(ValueError, match=f"method {method!r}.* does not use {named}"):
+        _trainer(tmp_path / "api", 2, method=method, **given)
+    assert not (tmp_path / "api").exists()
+    argv = ["train", "--dataset", "digits", "--image-size", "32", "--method", method, "--out", str(tmp_path / "cli"),
+            "--steps", "2", f"--{named.replace('_', '-')}", str(next(iter(given.values())))]
+    if get_method(method).cb_regularizer:
+        argv += ["--classifier", str(tmp_path / "missing.pt")]  # the unused flag is named first
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--{named.replace('_', '-')}: not used by method {method!r}" in err[0], err
+    assert not (tmp_path / "cli").exists()
+
+
+def test_every_group_of_method_settings_is_read_by_some_method():
+    from cbgan_ext.train.methods import get_method
+    read = {g for n in method_names() for g in get_method(n).option_groups} | {"cb"}
+    assert read == set(GROUPS) and all(k in OPTIONS for ks in GROUPS.values() for k in ks)
+
+
+def test_resume_compares_only_the_settings_the_method_reads(tmp_path):
+    _trainer(tmp_path, 2, method="gan", eval_every=0).run()
+    state = ckpt.load(tmp_path / "checkpoint.pt")
+    state["config"].update(ae_steps=5, cycle=7)  # an older version recorded settings a plain GAN never reads
+    ckpt.save_atomic(state, tmp_path / "checkpoint.pt")
+    t = _trainer(tmp_path, 3, method="gan", eval_every=0)
+    t.run()
+    assert t.step == 3
+    state = ckpt.load(tmp_path / "checkpoint.pt")
+    state["config"]["n_dis"] = 4  # one it reads still blocks
+    ckpt.save_atomic(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(ConfigMismatchError, match="n_dis"):
+        _trainer(tmp_path, 4, method="gan", eval_every=0).run()
+
+
+def test_resume_rewrites_the_config_and_says_when_there_is_nothing_to_train(tmp_path, capsys):
+    _trainer(tmp_path, 3, method="gan", eval_every=0).run()
+    (tmp_path / "config.json").write_text('{"method": "ga')  # damaged
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "ste')  # torn by a kill
+    capsys.readouterr()
+    t = _trainer(tmp_path, 2, method="gan", eval_every=0)
+    t.run()
+    err = capsys.readouterr().err
+    assert t.step == 3 and "at step 3, past the 2 asked for: nothing to train" in err
+    assert "dropped 1 unreadable record" in err
+    assert json.load(open(tmp_path / "config.json"))["method"] == "gan"
+    assert all(json.loads(line) for line in open(tmp_path / "metrics.jsonl"))

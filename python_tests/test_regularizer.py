@@ -94,15 +94,28 @@ def test_state_dict_round_trip():
         a(torch.randn(32, K))
         a.step()
     sd = a.state_dict()
-    assert set(sd) == {"effective_count", "counts", "num_steps"}
+    assert set(sd) == {"effective_count", "counts", "num_steps", "_extra_state"}
+    assert sd["_extra_state"] == dict(num_classes=K, lam=1.0, alpha=0.5, beta=1.0, update_every=2, weighting="paper")
     b = CBRegularizer(K, lam=1.0, update_every=2)
     b.load_state_dict(sd)
-    for name in sd:
+    for name in ("effective_count", "counts", "num_steps"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     x = torch.randn(16, K)
     assert torch.equal(a(x), b(x))
     a.step(); b.step()
     assert torch.equal(a.effective_count, b.effective_count)
+
+
+def test_state_dict_refuses_a_module_of_other_settings_and_loads_older_states():
+    sd = CBRegularizer(4, lam=1.0, update_every=2).state_dict()
+    for other in (dict(lam=2.0), dict(update_every=3), dict(weighting="official"), dict(alpha=0.25)):
+        kw = {"lam": 1.0, "update_every": 2, **other}
+        with pytest.raises(ValueError, match=f"other settings \\(.*{next(iter(other))}: "):
+            CBRegularizer(4, **kw).load_state_dict(sd)
+    older = {k: v for k, v in sd.items() if k != "_extra_state"}  # saved before the settings were in it
+    b = CBRegularizer(4, lam=1.0, update_every=2)
+    b.load_state_dict(older)
+    assert torch.equal(b.counts, sd["counts"])
 
 
 def test_eval_mode_does_not_count():
@@ -132,5 +145,14 @@ def test_bad_arguments():
         CBRegularizer(3, 1.0, alpha=1.5)
     with pytest.raises(ValueError, match="update_every"):
         CBRegularizer(3, 1.0, update_every=0)
+    for kw, name in ((dict(update_every=2.5), "update_every must be an integer"),
+                     (dict(init_count=float("inf")), "init_count must be a finite number > 0"),
+                     (dict(init_count=0.0), "init_count"), (dict(alpha=float("nan")), "alpha"),
+                     (dict(beta=-1.0), "beta"), (dict(lam=True), "lam must be a finite number")):
+        args = {"lam": 1.0, **kw}
+        with pytest.raises(ValueError, match=name):
+            CBRegularizer(3, args.pop("lam"), **args)
+    with pytest.raises(ValueError, match="num_classes must be an integer"):
+        CBRegularizer(2.5, 1.0)
     with pytest.raises(ValueError, match=r"CBRegularizer: expected classifier logits \[B, 3\]"):
         CBRegularizer(3, 1.0)(torch.randn(4, 5))

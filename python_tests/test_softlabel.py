@@ -189,7 +189,7 @@ def test_cli_trains_softlabel_gan_with_a_classifiers_soft_labels(tmp_path, capsy
     assert cli.main(["eval", "--run", run, "--annotator", ckpt, "--lpips-images", "1"]) == 2
     assert "--lpips-images" in capsys.readouterr().err
     assert cli.main(argv[:8] + ["diffaug-gan"] + argv[9:] + ["--out", str(tmp_path / "d")]) == 2
-    assert "--soft-labels: method 'diffaug-gan' does not use soft labels" in capsys.readouterr().err
+    assert "--soft-labels: not used by method 'diffaug-gan'" in capsys.readouterr().err
     assert cli.main(argv + ["--out", str(tmp_path / "bad"), "--policy", "zoom"]) == 2
     assert "--policy" in capsys.readouterr().err
 

@@ -211,6 +211,10 @@ def load_folder(split, root=None, download=False, image_size=None, channels=3):
     return (torch.from_numpy(np.stack(arrays)), torch.tensor(labels, dtype=torch.int64), tuple(classes), base)
 
 
+# Classes of the named datasets, known before loading them (so arguments are checked before any work);
+# ``folder`` has as many as its subfolders.
+NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
+
 SOURCES = {
     "fashion-mnist": load_fashion_mnist,
     "mnist": load_mnist,

@@ -61,26 +61,34 @@ def _global_loss_and_counts(logits, w):
     return loss, total[K:2 * K].detach().round().to(torch.int64)
 
 
+def _number(name, v, lo, hi=None, open_lo=False, why=""):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ok = ok and (v > lo if open_lo else v >= lo) and (hi is None or v <= hi)
+    if not ok:
+        rng = (f"in [{lo:g}, {hi:g}]" if hi is not None else f"{'>' if open_lo else '>='} {lo:g}")
+        raise ValueError(f"CBRegularizer: {name} must be a finite number {rng}{why}, got {v!r}")
+
+
+def _integer(name, v, lo):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+    if not (ok and v >= lo):
+        raise ValueError(f"CBRegularizer: {name} must be an integer >= {lo}, got {v!r}")
+
+
 class CBRegularizer(nn.Module):
     def __init__(self, num_classes, lam, *, alpha=0.5, beta=None, update_every=2000, weighting="paper",
                  init_count=50.0, distributed=True):
         super().__init__()
         self.distributed = bool(distributed)
-        if int(num_classes) < 1:
-            raise ValueError(f"CBRegularizer: num_classes must be >= 1, got {num_classes}")
+        _integer("num_classes", num_classes, 1)
         if weighting not in _WEIGHTINGS:
             raise ValueError(f"CBRegularizer: weighting must be one of {_WEIGHTINGS}, got {weighting!r}")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"CBRegularizer: alpha must be in [0, 1], got {alpha}")
-        if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-            raise ValueError(f"CBRegularizer: lam must be a finite number >= 0, got {lam!r}")
-        if beta is not None and not (math.isfinite(beta) and beta >= 0):
-            raise ValueError(f"CBRegularizer: beta must be a finite number >= 0 (negative β makes class weights "
-                             f"negative), got {beta!r}")
-        if int(update_every) < 1:
-            raise ValueError(f"CBRegularizer: update_every must be >= 1, got {update_every}")
-        if not init_count > 0:
-            raise ValueError(f"CBRegularizer: init_count must be > 0, got {init_count}")
+        _number("alpha", alpha, 0.0, 1.0)
+        _number("lam", lam, 0.0)
+        if beta is not None:
+            _number("beta", beta, 0.0, why=" (negative β makes class weights negative)")
+        _integer("update_every", update_every, 1)
+        _number("init_count", init_count, 0.0, open_lo=True)
         self.num_classes = int(num_classes)
         self.lam = float(lam)
         self.alpha = float(alpha)
@@ -93,6 +101,23 @@ class CBRegularizer(nn.Module):
         self.register_buffer("effective_count", torch.full((self.num_classes,), float(init_count), dtype=torch.float64))
         self.register_buffer("counts", torch.full((self.num_classes,), prior, dtype=torch.float64))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
+
+    _CONFIG = ("num_classes", "lam", "alpha", "beta", "update_every", "weighting")
+
+    def get_extra_state(self):
+        """The configuration travels with the counts, so they never load into a differently configured module."""
+        return {k: getattr(self, k) for k in self._CONFIG}
+
+    def set_extra_state(self, state):
+        diff = [f"{k}: {state[k]!r} there, {getattr(self, k)!r} here" for k in self._CONFIG
+                if k in state and state[k] != getattr(self, k)]
+        if diff:
+            raise ValueError(f"CBRegularizer: the state was saved by a module of other settings ({', '.join(diff)})")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # states saved before the configuration was part of them load as they did
+        state_dict.setdefault(prefix + "_extra_state", self.get_extra_state())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, lam={self.lam}, alpha={self.alpha}, beta={self.beta}, "

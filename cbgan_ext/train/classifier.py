@@ -162,11 +162,24 @@ def _default_config(**kw):
         raise ValueError(f"train_classifier: epochs and batch_size must be positive, got {cfg['epochs']}, "
                          f"{cfg['batch_size']}")
     E = float(cfg["epochs"])
+    if cfg["drw_epoch"] is not None:
+        problem = drw_problem(cfg["loss"], cfg["drw_epoch"], E)
+        if problem:
+            raise ValueError(f"train_classifier: drw_epoch {problem}")
     if cfg["warmup_epochs"] is None:
         cfg["warmup_epochs"] = 5.0 / 200.0 * E
     if cfg["drw_epoch"] is None:
         cfg["drw_epoch"] = 0.8 * E
     return cfg
+
+
+def drw_problem(loss, drw_epoch, epochs):
+    """Why a given DRW start cannot apply (None when it can): a loss without DRW, or a start after the end."""
+    if loss not in ("drw", "ldam-drw"):
+        return f"is not used by loss {loss!r} (only drw and ldam-drw re-weight)"
+    if drw_epoch >= epochs:
+        return f"{drw_epoch:g} is not before the last epoch ({epochs:g}): re-weighting would never start"
+    return None
 
 
 def _log_epoch(log, rec, classes):
@@ -382,6 +395,8 @@ def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=N
     if deterministic:
         ckpt.use_deterministic_algorithms()
     cfg = _default_config(**kwargs)
+    if resume and not os.path.exists(out):
+        raise FileNotFoundError(f"train_classifier: nothing to resume, {out} does not exist")
     if os.path.exists(out):
         if resume:
             old = ckpt.load(out)

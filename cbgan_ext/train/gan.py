@@ -89,11 +89,17 @@ class GANTrainer(TrainLoop):
                  device="cpu", deterministic=False, progress=True, sync_bn=False, soft_labels=None, **settings):
         cls = get_method(method)
         s = opts.resolve(cls.defaults, **settings)
+        cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
+        unused = opts.unused_options(cls, settings, cb_reg)
+        if unused:
+            raise ValueError(f"GANTrainer: method {method!r}{'' if cb_reg else ' without the CB regularizer'} does "
+                             f"not use {', '.join(unused)}")
+        if classifier is not None and not cb_reg:
+            raise ValueError(f"GANTrainer: method {method!r} without the CB regularizer does not use a classifier")
         s["policy"] = ",".join(parse_policy(s["policy"]))  # one spelling in the config, so resumes match
         self.num_classes = len(dataset.class_counts)
         self.method = cls(self.num_classes, dataset.class_counts, s)
         self.method.check(dataset, s)
-        cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
         x0, _ = dataset[0]
         if cb_reg:
             if classifier is None:
@@ -182,6 +188,11 @@ class GANTrainer(TrainLoop):
             self.config["soft_labels_sha256"] = soft_digest
         if sync_bn:
             self.config["sync_bn"] = True
+
+    def resume_ignores(self):
+        """Settings this method never reads (an older run's ``ae_steps`` of a plain GAN, say) need not match."""
+        ignored = set(opts.unused_options(type(self.method), opts.OPTIONS, self.reg is not None))
+        return ignored | ({"classifier"} if self.reg is None else set())
 
     @staticmethod
     def _stack_dataset(dataset):

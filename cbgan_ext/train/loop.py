@@ -20,6 +20,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 
 import torch
@@ -183,17 +184,25 @@ class TrainLoop:
             return
         if ranks:
             state["ranks"] = ranks
+        if os.path.exists(self.log_path):  # every record up to this step on disk before the checkpoint says so
+            with open(self.log_path, "a") as f:
+                os.fsync(f.fileno())
         ckpt.save_atomic(state, path or self.ckpt_path)
 
     def saved_config(self, state):
         return state.get("config")
+
+    def resume_ignores(self):
+        """Config keys that need not match on resume besides ``resume_may_change`` (settings not read)."""
+        return set()
 
     def check_config(self, saved, source):
         """Raise ConfigMismatchError naming every key whose value differs between ``saved`` and this run."""
         old, new = _canonical(saved or {}), _canonical(self.config)
         if old:  # a run saved before a setting existed had that setting's default
             old = {**_canonical(self.settings_added_later), **old}
-        diff = sorted(k for k in set(old) | set(new) if k not in self.resume_may_change and old.get(k) != new.get(k))
+        skip = set(self.resume_may_change) | self.resume_ignores()
+        diff = sorted(k for k in set(old) | set(new) if k not in skip and old.get(k) != new.get(k))
         if diff:
             what = ", ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
             raise ConfigMismatchError(f"{source} holds a run whose settings differ ({what}); use another --out, "
@@ -234,15 +243,19 @@ class TrainLoop:
         """Keep the records up to ``step``: the steps after it are re-run and logged again."""
         if not self.is_main or not os.path.exists(self.log_path):
             return
-        keep = []
+        keep, torn = [], 0
         with open(self.log_path) as f:
             for line in f:
                 try:
                     rec = json.loads(line)
                 except ValueError:
-                    continue  # a line torn by a kill
+                    torn += 1  # a line torn by a kill: past the checkpoint (the log is synced before each one)
+                    continue
                 if rec.get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
+        if torn:
+            print(f"{self.log_path}: dropped {torn} unreadable record(s); records after step {step} are "
+                  "written again as the run continues", file=sys.stderr, flush=True)
         tmp = self.log_path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(keep)
@@ -299,10 +312,14 @@ class TrainLoop:
             self.release_lock()
 
     def _run(self):
-        if not self.try_resume() and self.config_path and self.is_main:
+        resumed = self.try_resume()
+        if self.config_path and self.is_main:  # on a resume too: the file may be missing or damaged
             with open(self.config_path + ".tmp", "w") as f:
                 json.dump(_json_safe(_canonical(self.config)), f, indent=1)
             os.replace(self.config_path + ".tmp", self.config_path)
+        if resumed and self.step > self.steps and self.is_main:
+            print(f"{self.ckpt_path}: the checkpoint is at step {self.step}, past the {self.steps} asked for: "
+                  "nothing to train (it keeps its steps)", file=sys.stderr, flush=True)
         self._open_tensorboard()
         deadline = None if not self.max_minutes else time.time() + 60.0 * float(self.max_minutes)
         last_save = time.time()

@@ -123,6 +123,22 @@ OPTIONS = {
 }
 
 
+# Settings that only some methods read, by group. A method names the groups it reads in
+# ``Method.option_groups``; the "cb" group is read wherever the CB regularizer is on (``cb_reg``).
+GROUPS = {
+    "cb": ("lam", "alpha", "beta", "cb_start", "cycle", "weighting"),
+    "autoencoder": ("ae_steps", "ae_lr", "ae_beta1", "latent_shrinkage"),
+    "class_sampling": ("class_sampling",),
+    "target_class": ("target_class",),
+}
+
+
+def unused_options(method_cls, keys, cb_reg):
+    """The settings among ``keys`` that ``method_cls`` (with the CB regularizer on or off) never reads."""
+    groups = set(method_cls.option_groups) | ({"cb"} if cb_reg else set())
+    return [k for k in keys if any(k in members for g, members in GROUPS.items() if g not in groups)]
+
+
 def check_options(values, label=lambda k: k):
     """ValueError naming the first bad setting: its name (``label(key)``), what is expected, the value."""
     unknown = sorted(set(values) - set(OPTIONS))

@@ -52,6 +52,7 @@ class BAGAN(_BAGANFamily):
     d_head = "classes+1"
     loss = "classes+1"
     pre_stages = ("autoencoder", "class Gaussians")
+    option_groups = ("autoencoder", "class_sampling")
 
     def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):
         from ...models import build_gan
@@ -154,6 +155,7 @@ class MinorityGAN(_BAGANFamily):
     name = "minority-gan"
     title = "unconditional GAN on BAGAN's networks trained on one (minority) class alone (BAGAN's baseline)"
     paper = "BAGAN §5 (the simple GAN)"
+    option_groups = ("target_class",)
     d_head = "scalar"
     loss = "nonsaturating"
 

@@ -44,6 +44,7 @@ class Method:
 
     ssim_eval = False     # `eval` adds BAGAN's SSIM variability measures
     pre_stages = ()       # names of stages run before the adversarial one (``prepare``), for help texts
+    option_groups = ()    # groups of method-specific settings it reads (cbgan_ext.train.options.GROUPS)
 
     def __init__(self, num_classes, class_counts=None, settings=None):
         self.num_classes = int(num_classes)

@@ -1,5 +1,6 @@
-"""Loading never runs code: every file the package reads goes through torch.load(weights_only=True), and a file
-that needs the full unpickler is refused with one line naming it, unless --trust-pickle says otherwise."""
+"""Trust nothing a file or a flag says. Loading never runs code: every file the package reads goes through
+torch.load(weights_only=True), and a file that needs the full unpickler is refused with one line naming it,
+unless --trust-pickle says otherwise. One writer per run. Every argument checked before any work."""
 import glob
 import json
 import os
@@ -295,3 +296,51 @@ def test_trainers_of_one_process_share_the_lock(tmp_path):
     holder = _holder(tmp_path / "l")  # released in this process: another may take it
     holder.kill()
     holder.wait()
+
+
+# ------------------------------------------------------------------------------------------ checks before work
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train", "--dataset", "nope"], "--dataset: expected one of"),
+    (["train", "--method", "gan", "--device", "bogus"], "--device: expected cpu, cuda or cuda:N"),
+    pytest.param(["train", "--method", "gan", "--device", "cuda"], "no CUDA device is visible", marks=NO_CUDA),
+    (["train", "--profile", "bagan", "--minority-class", "99"], "--minority-class: fashion-mnist has classes 0..9"),
+    (["train", "--method", "gan", "--image-size", "7"], "--image-size: build_gan: sndcgan is defined at 32"),
+    (["train", "--method", "bagan", "--image-size", "30"], "--image-size: BAGAN: image_size must be"),
+    (["train", "--method", "gan", "--annotator", "{tmp}/missing.pt"], "--annotator: {tmp}/missing.pt does not exist"),
+    (["train", "--method", "cbgan", "--classifier", "{tmp}"], "--classifier: {tmp} is a directory"),
+    (["train", "--method", "gan", "--sync-bn"], "--sync-bn: only under torchrun"),
+    (["train-classifier", "--depth", "7"], "--depth: expected 6n+2"),
+    (["train-classifier", "--resume"], "--resume: nothing to resume"),
+    (["train-classifier", "--drw-epoch", "3"], "--drw-epoch: is not used by loss 'ce'"),
+    (["train-classifier", "--loss", "drw", "--epochs", "4", "--drw-epoch", "4"], "--drw-epoch: 4 is not before"),
+    (["train-classifier", "--extra", "{tmp}"], "--extra: {tmp} is a directory"),
+    (["eval", "--run", "{tmp}", "--device", "bogus"], "--device: expected"),
+    (["eval", "--run", "{tmp}", "--plot", "{tmp}/no/p.png"], "--plot: folder {tmp}/no does not exist"),
+    (["sample", "--run", "{tmp}", "--out", "{tmp}/no/s.png"], "--out: folder {tmp}/no does not exist"),
+    (["augment-eval", "--run", "{tmp}", "--out", "{tmp}/a", "--device", "cuda:7"], "--device cuda:7"),
+])
+def test_arguments_are_checked_before_any_work(tmp_path, capsys, argv, expected):
+    out = tmp_path / "out"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] in ("train", "train-classifier"):
+        argv += ["--out", str(out if argv[0] == "train" else out / "c.pt"), "--steps" if argv[0] == "train"
+                 else "--epochs", "1"] if "--epochs" not in argv else ["--out", str(out / "c.pt")]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected.replace("{tmp}", str(tmp_path)) in err[0], err
+    assert not out.exists()
+
+
+def test_paths_in_a_runs_config_are_absolute(made, tmp_path, monkeypatch):
+    monkeypatch.chdir(made)
+    run = tmp_path / "r"
+    argv = ["train", *DATA, "--method", "gan", "--out", str(run), *TINY, "--annotator", "ann.pt"]
+    assert cli.main(argv) == 0
+    assert json.load(open(run / "config.json"))["annotator"] == str(made / "ann.pt")
+    monkeypatch.chdir(tmp_path)  # eval finds the annotator from anywhere
+    assert cli.main(["eval", "--run", str(run), "--n", "10", "--lpips-images", "0"]) == 0
