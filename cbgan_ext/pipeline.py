@@ -60,15 +60,16 @@ _BAGAN = dict(methods=("bagan", "acgan"), augment_rows=("plain", "oversample", "
                        ae_lr=1e-3, ae_beta1=0.9, ckpt_every=100, log_every=50, sample_every=0),
               augment=dict(epochs=1, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
 # Softlabel section: Softlabel-GAN's offline setting (Fashion-MNIST, lognormal profile, 3208 images, 65-1720 a
-# class), BigGAN-32 at width 0.125 (ch 8), the same schedule for both methods. The soft labels come from a
-# ResNet-32 trained with CE - 0.3 H.
+# class), BigGAN-32 at width 0.125 (ch 8), the same schedule for both methods, D's reals class-balanced (see
+# docs/softlabel/README.md). The soft labels come from a ResNet-32 trained with CE - 0.3 H.
 SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
 _SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal", eval_samples=2000,
                   lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
                                   amp="auto"),
                   gan=dict(width=0.125, batch_size=64, n_dis=2, steps=2000, ema_start=1000,
-                           ema_decay=0.995, eval_every=0, sample_every=0, ckpt_every=100, log_every=50))
+                           ema_decay=0.995, real_sampling="balanced", eval_every=0, sample_every=0, ckpt_every=100,
+                           log_every=50))
 
 PRESETS = {
     "default": dict(about="the main job: the cbgan section, BAGAN vs ACGAN, Softlabel-GAN vs DiffAug-GAN; about "
