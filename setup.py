@@ -92,9 +92,16 @@ def build_extension():
                         extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
+def _version():
+    """The one place the version is written: cbgan_ext/__init__.py."""
+    import re
+    with open(os.path.join(ROOT, "cbgan_ext", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), flags=re.M).group(1)
+
+
 setup(
     name="cbgan_ext",
-    version="0.1.0",
+    version=_version(),
     description="Fused CPU/CUDA ops and trainers for GANs on long-tailed data (CBGAN, Softlabel-GAN, BAGAN)",
     packages=find_packages(include=["cbgan_ext", "cbgan_ext.*"]),
     ext_modules=[build_extension()],

@@ -47,6 +47,8 @@ def build_parser():
     about = textwrap.fill(f"GANs on long-tailed data with fused CPU/CUDA ops. Methods: {methods} (`cbgan-ext "
                           "methods` lists them).", 79, break_on_hyphens=False)  # method names stay whole
     parser = _Parser(prog="cbgan-ext", description=about, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"cbgan-ext {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors (or CBGAN_EXT_DEBUG=1)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="load files that only the full unpickler reads (older cbgan_ext files): that can run "
@@ -666,8 +668,12 @@ def _run_demo(args):
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
     if not sections or any(x not in SECTIONS for x in sections):
         raise UsageError(f"--sections: expected names among {', '.join(SECTIONS)}, got {args.sections!r}")
-    if methods and "cbgan" not in sections:
-        raise UsageError("--methods: picks the cbgan section's methods, and --sections has no cbgan")
+    cb_only = [f for f, v in (("--methods", methods), ("--steps", args.steps), ("--classifier-epochs",
+                                                                             args.classifier_epochs),
+                              ("--gan-width", args.gan_width), ("--final-samples", args.final_samples),
+                              ("--weighting", args.weighting), ("--lam", args.lam)) if v is not None]
+    if cb_only and "cbgan" not in sections:
+        raise UsageError(f"{', '.join(cb_only)}: set the cbgan section, and --sections has no cbgan")
     kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)

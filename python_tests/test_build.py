@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import cbgan_ext
@@ -21,3 +22,14 @@ def test_ops_are_registered_with_the_dispatcher():
     assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
     if cbgan_ext.build_info()["cuda"]:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
+
+
+def test_one_version_everywhere(capsys):
+    import importlib.metadata
+
+    import cbgan_ext
+    from cbgan_ext import cli
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"cbgan-ext {cbgan_ext.__version__}"
+    assert importlib.metadata.version("cbgan_ext") == cbgan_ext.__version__  # what pip installed

@@ -198,3 +198,13 @@ def test_sections_run_only_their_configured_methods_and_rows(tmp_path, monkeypat
     assert list(res["softlabel"]["eval"]) == ["diffaug-gan"] and not (out / "softlabel" / "softlabel-gan").exists()
     report = open(out / "report.md").read()
     assert "| acgan |" in report and "| minority-gan |" not in report and "| mirror |" not in report
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "5"), ("--lam", "2"), ("--weighting", "paper"),
+                                        ("--gan-width", "0.5"), ("--final-samples", "10"),
+                                        ("--classifier-epochs", "1")])
+def test_demo_refuses_cbgan_section_flags_without_that_section(capsys, flag, value):
+    argv = ["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--sections", "bagan,softlabel", flag, value]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag}: set the cbgan section" in err[0]

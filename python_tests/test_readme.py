@@ -22,6 +22,13 @@ def test_readme_python_block_runs(tmp_path, i):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
+    # a `print(...)  # what it prints` line promises that output: the printed lines, in order
+    promised = [m.group(1).strip() for m in re.finditer(r"^\s*print\(.*\)\s+#\s*(.+)$", code, flags=re.M)]
+    assert r.stdout.strip().splitlines() == promised
+
+
+def test_readme_promises_some_output():
+    assert any(re.search(r"^\s*print\(.*\)\s+#", b, flags=re.M) for b in BLOCKS)
 
 
 def test_lazy_subpackages_work_after_a_bare_import():

@@ -91,10 +91,10 @@ def _load_idx_dataset(name, split, root, download, tv_class, tv_folder, classes)
             images, labels = read_idx(pair[0]), read_idx(pair[1])
             return (torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
                     classes, pair[0])
-    how = (f"pass root= a directory holding {_IDX_STEMS[split][0]}.gz and {_IDX_STEMS[split][1]}.gz, "
-           f"or pass download=True (torchvision, needs internet) to fetch them into {tv_root}")
+    how = (f"give a directory holding {_IDX_STEMS[split][0]}.gz and {_IDX_STEMS[split][1]}.gz (--root, "
+           f"root=), or let torchvision fetch them into {tv_root} (--download, download=True; needs internet)")
     if name == "fashion-mnist":
-        how += ", or install the Debian package `fashion-mnist` (apt-get install fashion-mnist)"
+        how += ", or install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
     raise DatasetNotFoundError(f"get_dataset: {name} ({split}) not found; looked in {candidates}; {how}")
 
 
@@ -122,8 +122,8 @@ def _load_cifar(name, split, root, download):
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted."
         raise DatasetNotFoundError(
             f"get_dataset: {name} ({split}) not found or corrupted in {os.path.join(tv_root, cls.base_folder)} "
-            f"({e}); pass root= the directory holding {cls.base_folder}/ (the python version from "
-            f"{cls.url}), or download=True (needs internet)") from e
+            f"({e}); give the directory holding {cls.base_folder}/ (--root, root=; the python version from "
+            f"{cls.url}), or --download / download=True (needs internet)") from e
     images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     return images, torch.as_tensor(ds.targets, dtype=torch.int64), tuple(ds.classes), ds.root
 
