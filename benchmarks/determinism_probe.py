@@ -15,7 +15,7 @@ TINY = dict(dataset="digits", depth=8, width=0.5, augment="crop", batch_size=64,
 
 
 def max_diff(a, b):
-    A, B = torch.load(a, weights_only=False)["model"], torch.load(b, weights_only=False)["model"]
+    A, B = torch.load(a, weights_only=True)["model"], torch.load(b, weights_only=True)["model"]
     return max(float((A[k].double() - B[k].double()).abs().max()) for k in A if A[k].is_floating_point())
 
 

@@ -180,14 +180,14 @@ def test_bagan_initialises_g_from_the_decoder_and_d_from_the_encoder(tmp_path):
     data = tiny_data()
     t = GANTrainer(data, str(tmp_path / "b"), method="bagan", steps=0, ae_steps=2, progress=False, **SMALL)
     t.run()
-    ae = torch.load(tmp_path / "b" / "autoencoder.pt", weights_only=False)
+    ae = torch.load(tmp_path / "b" / "autoencoder.pt", weights_only=True)
     for k, v in ae["modules"]["E"].items():
         if k.startswith("trunk."):
             assert torch.equal(t.D.state_dict()[k], v)
     for k, v in ae["modules"]["G"].items():
         if not k.startswith("class_"):
             assert torch.equal(t.G.state_dict()[k], v)
-    fit = torch.load(tmp_path / "b" / "gaussians.pt", weights_only=False)
+    fit = torch.load(tmp_path / "b" / "gaussians.pt", weights_only=True)
     assert torch.allclose(t.G.class_mean, fit["means"].float())
     assert torch.equal(t.ema.model.class_chol, t.G.class_chol)
 
@@ -274,7 +274,7 @@ def _train_in_pieces(tmp_path, name, crash_at):
     finally:
         bagan_mod.AutoencoderStage.train_step, GANTrainer.train_step = ae_step, gan_step
     assert crashes == len(crash_at)
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False), calls["n"]
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True), calls["n"]
 
 
 def test_resume_is_exact_across_the_three_stages(tmp_path):

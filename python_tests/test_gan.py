@@ -487,7 +487,7 @@ def test_cli_sample_from_a_run(tmp_path, capsys):
 def test_raw_or_ema_generator(tmp_path, capsys):
     t = _trainer(tmp_path, 4, method="gan", eval_every=0, ema_start=1, ema_decay=0.5)
     t.run()
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     ema, raw = load_run(str(tmp_path), "last"), load_run(str(tmp_path), "last", generator="raw")
     assert ema.generator == "ema" and raw.generator == "raw"
     k = next(k for k, v in state["ema"].items() if v.is_floating_point() and not torch.equal(v, state["modules"]["G"][k]))
