@@ -162,7 +162,8 @@ def test_demo_refuses_methods_of_other_sections(capsys):
 
 def test_default_preset_is_the_recorded_settings():
     """The default preset's settings are the ones the docs' recordings ran with, read from their own files: the
-    cbgan section (docs/main-job) and the BAGAN section (docs/bagan, the default job's own output)."""
+    cbgan section (docs/main-job), the BAGAN and Softlabel sections (docs/bagan, docs/softlabel: the default job's
+    own output)."""
     docs = os.path.join(ROOT, "docs")
     default = pipeline.resolve_config("default")
     rec = json.load(open(os.path.join(docs, "main-job", "seed0", "results.json")))["config"]
@@ -179,6 +180,15 @@ def test_default_preset_is_the_recorded_settings():
             assert set(pipeline._BAGAN_AE) <= set(own) if m == "bagan" else not set(pipeline._BAGAN_AE) & set(own)
         aug = res["bagan"]["augment"]
         assert list(aug["rows"]) == [*b["augment_rows"], *b["augment_methods"]]
+    sl = default["softlabel"]
+    for s in (0, 1, 2):
+        res = json.load(open(os.path.join(docs, "softlabel", f"seed{s}", "results.json")))
+        assert res["config"]["softlabel"] == json.loads(json.dumps(sl)), s
+        assert list(res["softlabel"]["eval"]) == list(sl["methods"]), s
+        for m in sl["methods"]:
+            c = json.load(open(os.path.join(docs, "softlabel", f"seed{s}", f"config_{m}.json")))
+            assert {k: c[k] for k in sl["gan"]} == sl["gan"], (s, m)
+            assert (c.get("soft_labels") is not None) == get_method(m).needs_soft_labels, (s, m)
     # BAGAN's autoencoder settings go to the method with that stage only
     assert set(pipeline._BAGAN_AE) <= set(b["gan"]) and get_method("bagan").pre_stages
     assert not get_method("acgan").pre_stages
