@@ -1,5 +1,6 @@
 #!/bin/bash
-# Copy one seed's Softlabel section out of a main-job directory: bash collect.sh RUN_DIR SEED
+# Copy one seed's Softlabel section out of a main-job directory: bash collect.sh RUN_DIR SEED [TIME_REPORT]
+# TIME_REPORT: the stderr of `/usr/bin/time -v cbgan-ext demo ...`; its report becomes time.txt
 set -euo pipefail
 R=$1; S=$2; D=$(dirname "$0")/seed$S
 mkdir -p "$D"
@@ -12,3 +13,4 @@ done
 cp "$R/softlabel/intra_fd.png" "$D/"
 # the report's links point into the run directory: point them at the copies
 sed -i -e 's#(softlabel/#(#g' "$D/report.md"
+if [ -n "${3:-}" ]; then sed -n '/Command being timed/,$p' "$3" > "$D/time.txt"; fi

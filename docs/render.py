@@ -1,0 +1,262 @@
+"""Every results table in the README and the studies' pages, rendered from the committed results.json files.
+
+    python docs/render.py           rewrite the tables in place
+    python docs/render.py --check   exit 1 naming each table that differs from its files (the tests run this)
+
+A table sits between ``<!-- render NAME -->`` and ``<!-- /render -->`` in a page; edit this script, not the
+table. Numbers are rounded once, here.
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+DOCS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(DOCS)
+PAGES = ("README.md", "docs/bagan/README.md", "docs/softlabel/README.md")
+_BLOCK = re.compile(r"(<!-- render ([\w-]+) -->\n)(.*?)(<!-- /render -->)", re.S)
+
+
+def _runs(study, key=None):
+    runs = {}
+    for path in glob.glob(os.path.join(DOCS, study, "seed*", "results.json")):
+        with open(path) as f:
+            r = json.load(f)
+        runs[int(os.path.basename(os.path.dirname(path))[4:])] = r[key] if key else r
+    if not runs:
+        raise FileNotFoundError(f"no {study}/seed*/results.json under {DOCS}")
+    return dict(sorted(runs.items()))
+
+
+def _stats(vals):
+    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return statistics.fmean(vals), sd, min(vals), max(vals)
+
+
+def spread(vals, fmt="{:.3f}", unit=""):
+    """mean ± sd (min–max), each number in ``fmt``."""
+    m, sd, lo, hi = (fmt.format(v) for v in _stats(vals))
+    return f"{m} ± {sd} ({lo}–{hi}){unit}"
+
+
+def _slash(vals, fmt="{:.3f}"):
+    return " / ".join(fmt.format(v) for v in vals)
+
+
+def _minor(counts, n=3):
+    return sorted(range(len(counts)), key=lambda k: (counts[k], k))[:n]
+
+
+def _minor_intra_fd(section, method):
+    intra = section["eval"][method]["intra_fd"]
+    return statistics.fmean(intra[k] for k in _minor(section["class_counts"]))
+
+
+# ---------------------------------------------------------------------------------------------- cbgan section
+def cbgan_seeds():
+    runs = _runs("main-job")
+    head = ("| seed | KL baseline | KL CBGAN | KL ratio (baseline / CBGAN) | FD-annotator baseline | FD-annotator CBGAN"
+            " | FD ratio (CBGAN / baseline) | annotator confidence, baseline / CBGAN | classifier bal. acc. |")
+    lines = [head, "| --- " * 9 + "|"]
+    cols = {k: [] for k in ("klg", "klc", "klr", "fdg", "fdc", "fdr", "cg", "cc", "acc")}
+    for s, r in runs.items():
+        g, c, ratio = r["results"]["gan"], r["results"]["cbgan"], r["ratios"]["cbgan"]
+        row = dict(klg=g["kl"], klc=c["kl"], klr=ratio["kl_ratio"], fdg=g["fd"], fdc=c["fd"], fdr=ratio["fd_ratio"],
+                   cg=g["confidence"], cc=c["confidence"], acc=100 * r["classifiers"]["classifier"]["balanced_accuracy"])
+        for k, v in row.items():
+            cols[k].append(v)
+        lines.append(f"| {s} | {row['klg']:.3f} | {row['klc']:.3f} | **{row['klr']:.2f}×** | {row['fdg']:.2f} | "
+                     f"{row['fdc']:.2f} | {row['fdr']:.2f} | {row['cg']:.3f} / {row['cc']:.3f} | {row['acc']:.1f}% |")
+    two = "{:.2f}"
+    lines.append(f"| mean ± sd (range) | {spread(cols['klg'])} | {spread(cols['klc'])} | {spread(cols['klr'], two, '×')} | "
+                 f"{spread(cols['fdg'], two)} | {spread(cols['fdc'], two)} | {spread(cols['fdr'], two)} | "
+                 f"{statistics.fmean(cols['cg']):.3f} / {statistics.fmean(cols['cc']):.3f} | "
+                 f"{spread(cols['acc'], '{:.1f}', '%')} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- BAGAN section
+def _bagan_rows(first):
+    k = first["augment"]["minority_classes"][0]
+    return (("class consistency (all classes, 200 asked for each)", lambda r: r["class_consistency"]),
+            (f"minority (class {k}) images labelled as it", lambda r: r["class_accuracy"][k]),
+            ("FD-annotator (all classes)", lambda r: r["fd"]),
+            ("intra-FD of the minority class", lambda r: r["intra_fd"][k]),
+            ("SSIM of minority fake pairs (real pairs: next row)", lambda r: r["ssim"]["fake_pairs"][k]),
+            ("SSIM of minority real pairs", lambda r: r["ssim"]["real_pairs"][k]))
+
+
+def _per_seed_table(runs, rows):
+    seeds = list(runs)
+    first = runs[seeds[0]]
+    lines = ["| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd (range) |",
+             "| --- |" + " --- |" * (len(seeds) + 1)]
+    for label, get in rows:
+        lines.append(f"| **{label}** |" + " |" * (len(seeds) + 1))
+        for m in first["eval"]:
+            vals = [get(runs[s], m) for s in seeds]
+            lines.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in vals) + f" | {spread(vals)} |")
+    return lines
+
+
+def bagan_seeds():
+    runs = _runs("bagan", "bagan")
+    rows = [(label, lambda r, m, get=get: get(r["eval"][m])) for label, get in _bagan_rows(next(iter(runs.values())))]
+    return "\n".join(_per_seed_table(runs, rows))
+
+
+def bagan_augment():
+    runs = _runs("bagan", "bagan")
+    seeds, first = list(runs), next(iter(runs.values()))
+    lines = ["| classifier trained on | added images | " + " | ".join(f"minority accuracy, seed {s}" for s in seeds)
+             + " | mean ± sd (range) | balanced accuracy (mean) |", "| --- |" * 1 + " --- |" * (len(seeds) + 3)]
+    for row, info in first["augment"]["rows"].items():
+        vals = [runs[s]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]
+        bal = statistics.fmean(runs[s]["augment"]["rows"][row]["balanced_accuracy"] for s in seeds)
+        lines.append(f"| {row} | {info['added']} | " + " | ".join(f"{v:.3f}" for v in vals)
+                     + f" | {spread(vals)} | {bal:.3f} |")
+    return "\n".join(lines)
+
+
+def _class_name(study, k):
+    from cbgan_ext.data.sources import FASHION_MNIST_CLASSES
+    dataset = next(iter(_runs(study).values()))["config"]["dataset"]
+    return FASHION_MNIST_CLASSES[k] if dataset == "fashion-mnist" else f"class {k}"
+
+
+def bagan_readme():
+    runs = _runs("bagan", "bagan")
+    seeds, first = list(runs), next(iter(runs.values()))
+    k = first["augment"]["minority_classes"][0]
+    name_k = _class_name("bagan", k)
+    label = {"bagan": "BAGAN", "acgan": "ACGAN", "minority-gan": "minority-only GAN"}
+    methods = list(first["eval"])
+    lines = ["| seed " + " / ".join(map(str, seeds)) + " (mean ± sd) | " + " | ".join(label.get(m, m) for m in methods)
+             + " |", "| --- |" + " --- |" * len(methods)]
+    for name, get in (("class consistency (annotator's label = the class asked for)", lambda r: r["class_consistency"]),
+                      (f"minority ({name_k}) images labelled {name_k}", lambda r: r["class_accuracy"][k]),
+                      ("FD-annotator", lambda r: r["fd"])):
+        cells = []
+        for m in methods:
+            vals = [get(runs[s]["eval"][m]) for s in seeds]
+            m_, sd = _stats(vals)[:2]
+            cells.append(f"{_slash(vals)} ({m_:.3f} ± {sd:.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"| classifier trained with | {name_k} test accuracy, seed "
+              + " / ".join(map(str, seeds)) + " (mean ± sd) |", "| --- | --- |"]
+    for row in first["augment"]["rows"]:
+        vals = [runs[s]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]
+        m_, sd = _stats(vals)[:2]
+        lines.append(f"| {row} | {_slash(vals)} ({m_:.3f} ± {sd:.3f}) |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ Softlabel section
+_SL_ROWS = (("class consistency (200 asked for each class) ↑", lambda r, m: r["eval"][m]["class_consistency"]),
+            ("FD-annotator ↓", lambda r, m: r["eval"][m]["fd"]),
+            ("intra-FD, mean over the classes ↓", lambda r, m: r["eval"][m]["intra_fd_mean"]),
+            ("intra-FD, mean over the 3 smallest classes ↓", _minor_intra_fd))
+
+
+def softlabel_seeds():
+    runs = _runs("softlabel", "softlabel")
+    lines = _per_seed_table(runs, _SL_ROWS) + [""]
+    for s, r in runs.items():
+        small = ", ".join(f"{r['classes'][k]} ({r['class_counts'][k]})" for k in _minor(r["class_counts"]))
+        acc = r["soft_label_classifier"]["balanced_accuracy"]
+        lines.append(f"- seed {s}: the 3 smallest classes {small}; soft-label classifier balanced accuracy {acc:.3f}")
+    return "\n".join(lines)
+
+
+def softlabel_readme():
+    runs = _runs("softlabel", "softlabel")
+    seeds, first = list(runs), next(iter(runs.values()))
+    label = {"softlabel-gan": "Softlabel-GAN", "diffaug-gan": "DiffAug-GAN", "smooth-gan": "Smooth-GAN"}
+    methods = list(first["eval"])
+    lines = ["| seed " + " / ".join(map(str, seeds)) + " (mean ± sd) | " + " | ".join(label.get(m, m) for m in methods)
+             + " |", "| --- |" + " --- |" * len(methods)]
+    for name, get in _SL_ROWS:
+        cells = []
+        for m in methods:
+            vals = [get(runs[s], m) for s in seeds]
+            m_, sd = _stats(vals)[:2]
+            cells.append(f"{_slash(vals)} ({m_:.3f} ± {sd:.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- timings
+def _time_file(path):
+    """User + system CPU seconds, wall seconds and peak memory (GiB) from a GNU time -v report."""
+    got = {}
+    with open(path) as f:
+        for line in f:
+            key, _, value = line.strip().rpartition(": ")
+            got[key] = value
+    h_m_s = [float(x) for x in got["Elapsed (wall clock) time (h:mm:ss or m:ss)"].split(":")]
+    wall = sum(v * 60 ** i for i, v in enumerate(reversed(h_m_s)))
+    cpu = float(got["User time (seconds)"]) + float(got["System time (seconds)"])
+    return cpu, wall, float(got["Maximum resident set size (kbytes)"]) / 2 ** 20
+
+
+def times(study):
+    lines = ["| seed | CPU, user + system | wall clock | peak memory |", "| --- | --- | --- | --- |"]
+    for path in sorted(glob.glob(os.path.join(DOCS, study, "seed*", "time.txt"))):
+        cpu, wall, rss = _time_file(path)
+        seed = os.path.basename(os.path.dirname(path))[4:]
+        lines.append(f"| {seed} | {cpu:.0f} s ({cpu / 60:.1f} min) | {wall / 60:.1f} min | {rss:.1f} GiB |")
+    return "\n".join(lines)
+
+
+TABLES = {"cbgan-seeds": cbgan_seeds, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
+          "bagan-readme": bagan_readme, "softlabel-seeds": softlabel_seeds, "softlabel-readme": softlabel_readme,
+          "bagan-time": lambda: times("bagan"), "softlabel-time": lambda: times("softlabel")}
+
+
+def render(text):
+    """``text`` with every table block re-rendered; raises KeyError naming an unknown table."""
+    def one(m):
+        name = m.group(2)
+        if name not in TABLES:
+            raise KeyError(f"unknown table {name!r} (known: {', '.join(TABLES)})")
+        return m.group(1) + TABLES[name]() + "\n" + m.group(4)
+    return _BLOCK.sub(one, text)
+
+
+def stale(root=ROOT):
+    """(page, table) pairs whose text differs from their files' rendering."""
+    out = []
+    for page in PAGES:
+        with open(os.path.join(root, page)) as f:
+            text = f.read()
+        for m in _BLOCK.finditer(text):
+            if m.group(2) not in TABLES or m.group(3) != TABLES[m.group(2)]() + "\n":
+                out.append((page, m.group(2)))
+    return out
+
+
+def main(argv):
+    if argv == ["--check"]:
+        bad = stale()
+        for page, name in bad:
+            print(f"{page}: table {name!r} differs from its files (python docs/render.py rewrites it)")
+        return 1 if bad else 0
+    if argv:
+        print(__doc__)
+        return 2
+    for page in PAGES:
+        path = os.path.join(ROOT, page)
+        with open(path) as f:
+            text = f.read()
+        new = render(text)
+        if new != text:
+            with open(path, "w") as f:
+                f.write(new)
+            print(f"rewrote {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
