@@ -138,6 +138,55 @@ def test_diff_augment_translation_keeps_channels_apart():
     assert torch.isnan(out).sum() == 1 and torch.isinf(out).sum() == 1
 
 
+# ---- DiffAugment with colour: non-finite values give what the reference gives, for every order -----------
+
+def _non_finite_batch(dtype, seed):
+    """Sample 0 clean; the others hold NaN, +Inf, -Inf in the middle, at a corner (moved out of the frame by
+    some translations) and under a cutout, so every path (spread by a colour stage, cut, moved out) is taken."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(7, 3, 12, 10, generator=g, dtype=dtype)
+    x[1, 1, 6, 5] = NAN
+    x[2, 0, 6, 5] = INF
+    x[3, 2, 0, 0] = -INF
+    x[4, :, 0, 0] = NAN
+    x[5, 0, 3, 3], x[5, 1, 8, 7] = INF, -INF
+    x[6, 2, 11, 9] = INF
+    return x, g
+
+
+@pytest.mark.parametrize("policy", ["color", "color,cutout", "color,translation,cutout", "cutout,color",
+                                    "translation,color", "translation,cutout,color", "color,translation,color",
+                                    "cutout,color,cutout,color", "cutout,translation,color,cutout"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_diff_augment_colour_non_finite_matches_reference(policy, channels_last, dtype, device):
+    x, g = _non_finite_batch(dtype, 5)
+    grad = torch.randn(x.shape, generator=g, dtype=dtype)
+    grad[1, 0, 2, 2] = NAN
+    grad[2, 1, 5, 5] = INF
+    grad[3, 2, 0, 0] = -INF
+    p = ops.sample_diff_augment_params(x, policy, generator=g)
+    # samples 4 and 6 with a cutout over their corner, so a cut non-finite value is tested whatever the draw
+    if p.cutout.numel():
+        p.cutout[:, 4] = 0
+        p.cutout[:, 6] = torch.tensor([11, 9])
+    x, grad, p = x.to(device), grad.to(device), p.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ops.diff_augment(xf, policy, params=p)
+    ref = reference.diff_augment(xr, policy, params=p)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)), "NaN where the reference has NaN, nowhere else"
+    torch.testing.assert_close(out, ref, equal_nan=True, **tol)  # infinities equal, finite values close
+    assert torch.isfinite(out[0]).all() and not torch.isfinite(out[1:]).all()
+    gf, = torch.autograd.grad(out, xf, grad)
+    gr, = torch.autograd.grad(ref, xr, grad)
+    assert torch.equal(torch.isnan(gf), torch.isnan(gr))
+    torch.testing.assert_close(gf, gr, equal_nan=True, **tol)
+
+
 # ---- backward ops check their inputs like the forwards, under their registered names ---------------------
 
 def test_class_balancing_backward_checks_sizes():

@@ -17,12 +17,17 @@
 // da_coef the coefficients; a colour stage needs m, the sample mean of its input, which is one reduction
 // pass over x per colour stage (a plain sum when no spatial stage precedes it).
 //
-// Non-finite values. With a colour stage every output reads channel and sample means, so a NaN spreads as in
-// the reference. A program without colour stages (`pure`: translations and cutouts only) must only move and
-// zero pixels, channel by channel, exactly as the reference does: a translation reads the zero padding
-// (a NaN or Inf moved out of the frame is gone), a cutout multiplies by a zero mask (x·0: NaN and Inf give
-// NaN, as in the reference). So for pure programs a cutout does not end the trace: the pixel stays live with
-// factor 0 (da_trace's `masked`) unless a translation moved it out of the frame.
+// Non-finite values, as the reference. A program without colour stages (`pure`: translations and cutouts only)
+// only moves and zeroes pixels, channel by channel: a translation reads the zero padding (a NaN or Inf moved
+// out of the frame is gone), a cutout multiplies by a zero mask (x·0: NaN and Inf give NaN). So for pure
+// programs a cutout does not end the trace: the pixel stays live with factor 0 (da_trace's `masked`).
+// With colour stages: a colour stage whose input holds any non-finite value gives NaN everywhere (its
+// means are non-finite, and (v − m)·k + m is NaN for m = ±Inf even where the fused form would give ±Inf);
+// later translations bring in zeros, cutouts keep the NaN (NaN·0), and the next colour stage is NaN again if
+// any of its input comes from that NaN. Only the first colour stage can see a non-finite x: any later one
+// reads x through it. da_poison finds, per sample, the colour stages whose input holds a non-finite value
+// (the first from its mean, which then also sums x·0 over cut pixels; the others from the one before), and
+// da_poisoned says whether an output pixel reads from one of them; those pixels are written as NaN.
 //
 // Backward: the map is affine with a symmetric linear part per colour stage (the channel-mean and sample-mean
 // projections are symmetric), so the adjoint is the same program reversed, with β = 0 and t negated
@@ -31,6 +36,7 @@
 
 #include "macros.h"
 
+#include <cmath>
 #include <vector>
 
 namespace cbgan_ext {
@@ -80,9 +86,10 @@ HOST_DEVICE void da_stage_params(const DAProgram& p, int s, const int64_t* trans
 
 // Traces output pixel (i, j) of stages [0, end) back to the input, with v[4 s ..] from da_stage_params.
 // Returns 0 and the source pixel when the pixel reads x, else s + 1 where stage s wrote a zero that the later
-// stages carry. Pure programs: a cutout sets *masked (the source is multiplied by 0) instead of returning.
+// stages carry. cut_masks (pure programs, and the poison scan): a cutout sets *masked (the source is multiplied
+// by 0) instead of returning.
 HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W, int i, int j, int* si, int* sj,
-                         bool* masked) {
+                         bool* masked, bool cut_masks) {
   for (int s = end - 1; s >= 0; --s) {
     const int* u = v + 4 * s;
     if (p.type[s] == kDATranslation) {
@@ -91,7 +98,7 @@ HOST_DEVICE int da_trace(const DAProgram& p, int end, const int* v, int H, int W
       if (i < 0 || i >= H || j < 0 || j >= W) return s + 1;
     } else if (p.type[s] == kDACutout) {
       if (i >= u[0] && i < u[1] && j >= u[2] && j < u[3]) {
-        if (!p.pure) return s + 1;
+        if (!cut_masks) return s + 1;
         *masked = true;
       }
     }
@@ -121,6 +128,72 @@ HOST_DEVICE DACoef<acc_t> da_coef(const DAProgram& p, int start, int end, const 
     c.vg = f[2] * c.vg + off;
   }
   return c;
+}
+
+template <typename acc_t>
+HOST_DEVICE bool da_finite(acc_t v) {
+#ifdef __CUDA_ARCH__
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+HOST_DEVICE int da_first_color(const DAProgram& p) {
+  for (int s = 0; s < p.n; ++s)
+    if (p.type[s] == kDAColor) return s;
+  return p.n;
+}
+
+HOST_DEVICE bool da_cut_before(const DAProgram& p, int end) {
+  for (int s = 0; s < end; ++s)
+    if (p.type[s] == kDACutout) return true;
+  return false;
+}
+
+// Bit s set: colour stage s of sample b reads a non-finite value (see the top of this file). v from
+// da_stage_params for every stage, means as for da_coef.
+template <typename acc_t>
+HOST_DEVICE uint32_t da_poison(const DAProgram& p, const int* v, const acc_t* means, int64_t b, int64_t B, int H,
+                               int W) {
+  uint32_t bits = 0;
+  int prev = -1;
+  for (int q = 0; q < p.n; ++q) {
+    if (p.type[q] != kDAColor) continue;
+    bool bad = !da_finite(means[p.pidx[q] * B + b]);
+    if (prev >= 0 && ((bits >> prev) & 1u)) {
+      // the rows and columns of stage prev's output that stage q's input reads: a rectangle, empty only when
+      // the translations between them move everything out of the frame
+      int r0 = 0, r1 = H, c0 = 0, c1 = W;
+      for (int s = q - 1; s > prev; --s) {
+        if (p.type[s] != kDATranslation) continue;
+        const int* u = v + 4 * s;
+        r0 = r0 + u[0] > 0 ? r0 + u[0] : 0;
+        r1 = r1 + u[0] < H ? r1 + u[0] : H;
+        c0 = c0 + u[1] > 0 ? c0 + u[1] : 0;
+        c1 = c1 + u[1] < W ? c1 + u[1] : W;
+      }
+      bad = bad || (r0 < r1 && c0 < c1);
+    }
+    if (bad) bits |= 1u << q;
+    prev = q;
+  }
+  return bits;
+}
+
+// Whether output pixel (i, j) reads from a colour stage in `bits` (cutouts keep the NaN, the padding does not).
+HOST_DEVICE bool da_poisoned(const DAProgram& p, const int* v, uint32_t bits, int H, int W, int i, int j) {
+  for (int s = p.n - 1; s >= 0; --s) {
+    const int* u = v + 4 * s;
+    if (p.type[s] == kDAColor) {
+      if ((bits >> s) & 1u) return true;
+    } else if (p.type[s] == kDATranslation) {
+      i += u[0];
+      j += u[1];
+      if (i < 0 || i >= H || j < 0 || j >= W) return false;
+    }
+  }
+  return false;
 }
 
 inline bool da_has_spatial(const DAProgram& p, int end) {

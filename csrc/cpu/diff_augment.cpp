@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../common/diff_augment.h"
@@ -248,7 +249,54 @@ struct Runner {
     }
     LaneSum<acc_t> xs;
     xs.add(cs, static_cast<int64_t>(colsum.size()));
-    return consts + coef[0].va * xs.total() / static_cast<acc_t>(C);
+    return consts + coef[0].va * xs.total() / static_cast<acc_t>(C) + cut_poison(end, b);
+  }
+
+  // 0, or NaN when x holds a non-finite value where the first colour stage `end` reads it (x·0 under a cutout
+  // in the reference: the stage's mean is NaN; the traced sum above skips cut pixels). The pixels of x that stage
+  // `end` reads form a rectangle: the frame moved by each translation before it.
+  acc_t cut_poison(int end, int64_t b) const {
+    if (end != da_first_color(p) || !da_cut_before(p, end)) return acc_t(0);
+    int64_t r0 = 0, r1 = H, c0 = 0, c1 = W;
+    for (int s = end - 1; s >= 0; --s) {
+      if (p.type[s] != kDATranslation) continue;
+      const int64_t* u = trans + (p.pidx[s] * B + b) * 2;
+      r0 = std::max<int64_t>(r0 + p.sign * u[0], 0);
+      r1 = std::min<int64_t>(r1 + p.sign * u[0], H);
+      c0 = std::max<int64_t>(c0 + p.sign * u[1], 0);
+      c1 = std::min<int64_t>(c1 + p.sign * u[1], W);
+    }
+    if (r0 >= r1 || c0 >= c1) return acc_t(0);
+    LaneSum<acc_t> s;  // non-finite exactly when some summand is (or the sum overflows, as the reference's mean)
+    for (int64_t i = r0; i < r1; ++i) {
+      if (nhwc)
+        s.add(x + ((b * H + i) * W + c0) * C, (c1 - c0) * C);
+      else
+        for (int64_t c = 0; c < C; ++c) s.add(x + ((b * C + c) * H + i) * W + c0, c1 - c0);
+    }
+    return acc_t(0) * s.total();
+  }
+
+  // Pixels of rows [i0, i1) of sample b that read from a colour stage with a non-finite input are NaN, as in the
+  // reference (the fused form can give ±Inf there, or a finite value under a cutout).
+  void poison_rows(scalar_t* out, int64_t b, int64_t i0, int64_t i1) const {
+    if (p.pure) return;
+    bool finite = true;  // every mean finite: no stage reads a non-finite value (da_poison needs one)
+    for (int64_t k = 0; k < static_cast<int64_t>(means.size()) / B; ++k) finite = finite && da_finite(means[k * B + b]);
+    if (finite) return;
+    int v[4 * kDAMaxStages];
+    for (int s = 0; s < p.n; ++s) da_stage_params(p, s, trans, cut, b, B, H, W, v + 4 * s);
+    const uint32_t bits = da_poison<acc_t>(p, v, means.data(), b, B, static_cast<int>(H), static_cast<int>(W));
+    if (bits == 0) return;
+    const scalar_t nan = static_cast<scalar_t>(std::numeric_limits<acc_t>::quiet_NaN());
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < W; ++j) {
+        if (!da_poisoned(p, v, bits, static_cast<int>(H), static_cast<int>(W), static_cast<int>(i),
+                         static_cast<int>(j)))
+          continue;
+        for (int64_t c = 0; c < C; ++c)
+          out[nhwc ? ((b * H + i) * W + j) * C + c : ((b * C + c) * H + i) * W + j] = nan;
+      }
   }
 
   // Means of every colour stage of sample b, in program order (each stage's coefficients need the earlier
@@ -329,6 +377,7 @@ struct Runner {
         }
       }
     }
+    poison_rows(out, b, i0, i1);
   }
 
   void run(scalar_t* out) {

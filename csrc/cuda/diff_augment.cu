@@ -101,7 +101,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void da_traced_sum_kernel(const scalar_t* __restrict__ x, DAProgram p, int end,
                                      const acc_t* __restrict__ color, const int64_t* __restrict__ trans,
                                      const int64_t* __restrict__ cut, const acc_t* __restrict__ means,
-                                     acc_t* __restrict__ partial, int64_t B, int C, int H, int W, bool nhwc) {
+                                     acc_t* __restrict__ partial, int64_t B, int C, int H, int W, bool nhwc,
+                                     bool cut_scan) {
   __shared__ SampleSmem<acc_t> sm;
   __shared__ acc_t red[kWarps];
   const int P = gridDim.x, HW = H * W;
@@ -116,9 +117,12 @@ __global__ void da_traced_sum_kernel(const scalar_t* __restrict__ x, DAProgram p
       const int i = q / W, j = q - i * W;
       int si = 0, sj = 0;
       bool masked = false;  // colour programs only here: never set
-      const int st = da_trace(p, end, sm.v, H, W, i, j, &si, &sj, &masked);
+      const int st = da_trace(p, end, sm.v, H, W, i, j, &si, &sj, &masked, false);
       v += st == 0 ? sm.tab[0].va * channel_sum<scalar_t, acc_t>(xs, si, sj, C, W, HW, nhwc) * invC + sm.tab[0].vg
                    : sm.tab[st].vg;
+      // the first colour stage's mean is NaN in the reference when a cutout covers a non-finite x (x·0)
+      if (cut_scan && st != 0 && da_trace(p, end, sm.v, H, W, i, j, &si, &sj, &masked, true) == 0)
+        v += acc_t(0) * channel_sum<scalar_t, acc_t>(xs, si, sj, C, W, HW, nhwc);
     }
     const acc_t t = block_sum(v, red);
     if (threadIdx.x == 0) partial[b * P + blockIdx.x] = t;
@@ -160,11 +164,26 @@ __global__ void da_apply_kernel(const scalar_t* __restrict__ x, scalar_t* __rest
     const DACoef<acc_t> c0 = sm.tab[0];
     const scalar_t* xs = x + b * CHW;
     scalar_t* os = out + b * CHW;
+    // colour stages of this sample that read a non-finite value (see diff_augment.h); none when every mean is finite
+    uint32_t bits = 0;
+    if (!p.pure) {
+      bool finite = true;
+      for (int s = 0; s < p.n; ++s)
+        if (p.type[s] == kDAColor) finite = finite && da_finite(means[p.pidx[s] * B + b]);
+      if (!finite) bits = da_poison<acc_t>(p, sm.v, means, b, B, H, W);
+    }
     for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < HW; q += gridDim.x * blockDim.x) {
       const int i = q / W, j = q - i * W;
+      if (bits != 0 && da_poisoned(p, sm.v, bits, H, W, i, j)) {
+        const scalar_t nan = static_cast<scalar_t>(NAN);
+        const int64_t cs = nhwc ? 1 : HW;
+        scalar_t* o = os + (nhwc ? static_cast<int64_t>(q) * C : q);
+        for (int c = 0; c < C; ++c) o[c * cs] = nan;
+        continue;
+      }
       int si = 0, sj = 0;
       bool masked = false;
-      const int st = da_trace(p, p.n, sm.v, H, W, i, j, &si, &sj, &masked);
+      const int st = da_trace(p, p.n, sm.v, H, W, i, j, &si, &sj, &masked, p.pure);
       if (p.pure && st == 0) {  // channel by channel: a copy, or x·0 under a cutout (see diff_augment.h)
         const acc_t f = masked ? acc_t(0) : acc_t(1);
         const int64_t cs = nhwc ? 1 : HW;
@@ -266,7 +285,7 @@ at::Tensor da_run_cuda(const char* op, const at::Tensor& x_in, at::IntArrayRef p
         partial = at::empty({B, P}, x.options().dtype(acc_type));
         da_traced_sum_kernel<scalar_t, acc_t><<<dim3(static_cast<unsigned>(P), grid_y), kThreads, 0, stream>>>(
             x.data_ptr<scalar_t>(), p, q, cp, tp, kp, mp, partial.data_ptr<acc_t>(), B, static_cast<int>(C),
-            static_cast<int>(H), static_cast<int>(W), nhwc);
+            static_cast<int>(H), static_cast<int>(W), nhwc, q == da_first_color(p) && da_cut_before(p, q));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       da_finalize_kernel<acc_t><<<static_cast<unsigned>((B + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
