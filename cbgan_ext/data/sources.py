@@ -213,6 +213,14 @@ def load_folder(split, root=None, download=False, image_size=None, channels=3):
 
 # Classes of the named datasets, known before loading them (so arguments are checked before any work);
 # ``folder`` has as many as its subfolders.
+# Images per class of the fixed public splits, so that a subset they cannot hold is refused before loading.
+SPLIT_COUNTS = {
+    ("fashion-mnist", "train"): (6000,) * 10, ("fashion-mnist", "test"): (1000,) * 10,
+    ("mnist", "train"): (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    ("mnist", "test"): (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+    ("cifar10", "train"): (5000,) * 10, ("cifar10", "test"): (1000,) * 10,
+    ("cifar100", "train"): (500,) * 100, ("cifar100", "test"): (100,) * 100,
+}
 NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "digits": 10}
 
 SOURCES = {
