@@ -14,7 +14,7 @@ except ImportError as e:  # pragma: no cover - only without a build
 from . import ops, reference  # noqa: E402  (ops registers fake kernels and autograd)
 from . import nn  # noqa: E402
 from .nn import CBRegularizer  # noqa: E402
-from .nn import DiffAugment, ProjectionHead  # noqa: E402
+from .nn import DiffAugment, ProjectionHead, diff_augment  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,7 +33,7 @@ def cuda_kernels_available():
 
 
 __all__ = ["ops", "nn", "reference", "CBRegularizer", "build_info", "cuda_kernels_available"]
-__all__ += ["DiffAugment", "ProjectionHead"]
+__all__ += ["DiffAugment", "ProjectionHead", "diff_augment"]
 
 # Heavier subpackages load on first use, so `cbgan_ext.data.get_dataset(...)` works after `import cbgan_ext`
 # without making every import pay for numpy/tqdm/clean-fid.

@@ -263,6 +263,32 @@ def test_module_drop_in():
     _assert_close(a, b, torch.float32)
 
 
+def test_function_spelling_of_the_reference():
+    """cbgan_ext.diff_augment(x, policy, channels_first) is DiffAugment_pytorch.py's DiffAugment; the module
+    called the reference's way says how to spell either."""
+    x = torch.randn(5, 3, 12, 12)
+    torch.manual_seed(11)
+    a = cbgan_ext.diff_augment(x, "color,translation,cutout")
+    torch.manual_seed(11)
+    b = original_diff_augment(x, "color,translation,cutout")
+    _assert_close(a, b, torch.float32)
+    xh = x.permute(0, 2, 3, 1)
+    torch.manual_seed(12)
+    a = cbgan_ext.diff_augment(xh, "translation,color", channels_first=False)
+    torch.manual_seed(12)
+    b = original_diff_augment(x, "translation,color").permute(0, 2, 3, 1)
+    _assert_close(a, b, torch.float32)
+    assert cbgan_ext.diff_augment(x) is x  # the reference's default policy '' is the identity
+    for misuse in (lambda: cbgan_ext.DiffAugment(x, "color"), lambda: cbgan_ext.DiffAugment(x)):
+        with pytest.raises(TypeError, match=r"^DiffAugment is a module: DiffAugment\(policy\)\(x\); .* "
+                                            r"cbgan_ext.diff_augment\(x, policy\)$"):
+            misuse()
+    with pytest.raises(TypeError, match="^diff_augment: policy must be a string"):
+        cbgan_ext.ops.diff_augment(x, 5)
+    with pytest.raises(TypeError, match="^diff_augment: x must be a tensor"):
+        cbgan_ext.diff_augment("color", x)
+
+
 # ---- autograd machinery ----------------------------------------------------------------------------------
 
 def test_gradcheck_float64():

@@ -1,11 +1,11 @@
 """Drop-in modules built on the fused ops."""
-from .augment import DiffAugment
+from .augment import DiffAugment, diff_augment
 from .long_tail_losses import LOSSES, LongTailLoss, effective_number_weights, ldam_margins
 from .projection import ProjectionHead
 from .regularizer import CBRegularizer
 from .spectral_norm import (SNConv2d, SNConvTranspose2d, SNEmbedding, SNLinear, convert_spectral_norm,
                             spectral_norm_update_)
 
-__all__ = ["CBRegularizer", "DiffAugment", "ProjectionHead", "SNConv2d", "SNConvTranspose2d", "SNLinear",
+__all__ = ["CBRegularizer", "DiffAugment", "diff_augment", "ProjectionHead", "SNConv2d", "SNConvTranspose2d", "SNLinear",
            "SNEmbedding", "convert_spectral_norm", "spectral_norm_update_", "LOSSES", "LongTailLoss",
            "effective_number_weights", "ldam_margins"]

@@ -1,20 +1,25 @@
-"""DiffAugment as a module, a drop-in for the reference's ``DiffAugment(x, policy)``:
+"""DiffAugment as a module, and as the reference's function:
 
-    augment = DiffAugment("color,translation,cutout")
+    augment = DiffAugment("color,translation,cutout")          # the module: built with the policy, then called
     d_real = D(augment(real)); d_fake = D(augment(fake))
+    d_real = D(diff_augment(real, "color,translation,cutout"))  # DiffAugment_pytorch.py's DiffAugment(x, policy)
 
 Each call draws fresh parameters (from ``generator`` or torch's global generator, as the reference draws
 them); ``forward(x, params)`` replays given ones. It has no state and applies in train and eval mode alike.
 """
+import torch
 from torch import nn
 
-from ..ops.diff_augment import diff_augment, parse_policy, sample_diff_augment_params
+from ..ops.diff_augment import diff_augment as _fused, parse_policy, sample_diff_augment_params
 
 
 class DiffAugment(nn.Module):
-    def __init__(self, policy="color,translation,cutout", *, translation_ratio=0.125, cutout_ratio=0.5,
+    def __init__(self, policy="color,translation,cutout", *misuse, translation_ratio=0.125, cutout_ratio=0.5,
                  channels_first=True, generator=None):
         super().__init__()
+        if isinstance(policy, torch.Tensor) or misuse:
+            raise TypeError("DiffAugment is a module: DiffAugment(policy)(x); the reference's function "
+                            "DiffAugment(x, policy) is cbgan_ext.diff_augment(x, policy)")
         self.groups = parse_policy(policy)
         self.policy = ",".join(self.groups)
         self.translation_ratio = float(translation_ratio)
@@ -35,5 +40,13 @@ class DiffAugment(nn.Module):
             return x
         if not self.channels_first:  # [B, H, W, C] as the reference's channels_first=False
             x = x.permute(0, 3, 1, 2)
-        y = diff_augment(x, self.groups, params, self.generator, self.translation_ratio, self.cutout_ratio)
+        y = _fused(x, self.groups, params, self.generator, self.translation_ratio, self.cutout_ratio)
         return y.permute(0, 2, 3, 1) if not self.channels_first else y
+
+
+def diff_augment(x, policy="", channels_first=True):
+    """DiffAugment_pytorch.py's ``DiffAugment(x, policy='', channels_first=True)`` on the fused op: fresh
+    parameters from torch's global generator on every call, as the reference draws them."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"diff_augment: x must be a tensor [B, C, H, W], got {type(x).__name__}")
+    return DiffAugment(policy, channels_first=channels_first)(x)

@@ -45,8 +45,11 @@ def parse_policy(policy):
         return ()
     if isinstance(policy, str):
         words = [w.strip() for w in policy.split(",")] if policy.strip() else []
-    else:
+    elif isinstance(policy, (list, tuple)):
         words = [str(w).strip() for w in policy]
+    else:
+        raise TypeError(f"{_OP}: policy must be a string such as 'color,translation,cutout' or a list of words, "
+                        f"got {type(policy).__name__}")
     for w in words:
         if w not in _CODE:
             raise ValueError(f"{_OP}: unknown policy word {w!r} in {policy!r}; expected a comma-separated list of "
