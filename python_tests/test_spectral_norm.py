@@ -425,6 +425,41 @@ def test_convert_spectral_norm_keeps_values_and_parameters():
     assert isinstance(single, SNLinear)
 
 
+def test_convert_spectral_norm_takes_over_torch_parametrizations():
+    """torch.nn.utils.parametrizations.spectral_norm (torch's current API) converts too: same Parameter objects,
+    u and v, settings; eval outputs equal; a training step equal once the power iteration has converged."""
+    P = nn.utils.parametrizations.spectral_norm
+    torch.manual_seed(0)
+    model = nn.Sequential(P(nn.Conv2d(3, 4, 3, padding=1)), nn.LeakyReLU(0.1), P(nn.ConvTranspose2d(4, 2, 3)),
+                          nn.Flatten(), P(nn.Linear(2 * 10 * 10, 5), eps=1e-6, n_power_iterations=2))
+    emb = P(nn.Embedding(6, 4))
+    x = torch.randn(3, 3, 8, 8)
+    for _ in range(30):  # converge u, v
+        model(x), emb(torch.arange(6))
+    ref, ref_emb = copy.deepcopy(model), copy.deepcopy(emb)
+    layer0, params = model[0], {id(p) for p in model.parameters()}
+    conv = convert_spectral_norm(model)
+    assert isinstance(conv[0], SNConv2d) and isinstance(conv[2], SNConvTranspose2d) and isinstance(conv[4], SNLinear)
+    assert conv[2].sn_dim == 1 and conv[4].eps == 1e-6 and conv[4].n_power_iterations == 2
+    assert {id(p) for p in conv.parameters()} == params
+    assert conv[0].weight_orig is layer0.parametrizations.weight.original
+    assert nn.utils.parametrize.is_parametrized(layer0, "weight")  # the layer object given is left as it was
+    assert set(conv.state_dict()) == {f"{i}.{k}" for i in (0, 2, 4) for k in ("bias", "weight_orig", "weight_u",
+                                                                            "weight_v")}
+    conv_emb = convert_spectral_norm(emb)
+    assert isinstance(conv_emb, SNEmbedding)
+    for a, b in ((conv, ref), (conv_emb, ref_emb)):
+        a.eval(), b.eval()
+    torch.testing.assert_close(conv(x), ref(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv_emb(torch.arange(6)), ref_emb(torch.arange(6)), rtol=1e-5, atol=1e-6)
+    conv.train(), ref.train()
+    torch.testing.assert_close(conv(x), ref(x), rtol=1e-4, atol=1e-5)
+    # a weight with another parametrization besides spectral norm is not touched
+    other = P(nn.Linear(3, 3))
+    nn.utils.parametrize.register_parametrization(other, "weight", nn.Identity())
+    assert convert_spectral_norm(other) is other
+
+
 def test_update_then_changed_weight_runs_its_own_step():
     """spectral_norm_update_ counts as the next forward's step only while W is unchanged."""
     a, b, x = _pair("conv3x3", torch.float64)

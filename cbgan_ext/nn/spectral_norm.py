@@ -156,7 +156,44 @@ def _torch_sn_hook(module):
     return None, None
 
 
+def _parametrized_sn(module):
+    """torch.nn.utils.parametrizations.spectral_norm on ``module.weight`` (and no other parametrization of it):
+    (the layer class underneath, the _SpectralNorm), else (None, None)."""
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import _SpectralNorm
+    if not parametrize.is_parametrized(module, "weight"):
+        return None, None
+    chain = module.parametrizations["weight"]
+    base = type(module).__bases__[0]
+    if len(chain) != 1 or not isinstance(chain[0], _SpectralNorm) or base not in _CONVERT:
+        return None, None
+    return base, chain[0]
+
+
+def _convert_parametrized(module, base, sn):
+    # The same Parameter object becomes weight_orig and the buffers weight_u / weight_v (optimizers keep
+    # working); the module passed in is left as it was.
+    cls = _CONVERT[base]
+    new = cls.__new__(cls)
+    state = {}
+    for k, val in module.__dict__.items():
+        state[k] = type(val)(val) if isinstance(val, (dict, set)) else val
+    new.__dict__ = state
+    others = {k: m for k, m in new._modules.items() if k != "parametrizations"}
+    new._modules = type(new._modules)(others)
+    weight = module.parametrizations["weight"].original
+    new.register_parameter("weight_orig", weight)
+    setattr(new, "weight", weight.data)
+    new.register_buffer("weight_u", sn._u)
+    new.register_buffer("weight_v", sn._v)
+    new._attach_spectral_norm(SpectralNorm("weight", sn.n_power_iterations, sn.dim, sn.eps))
+    return new
+
+
 def _convert_one(module):
+    base, psn = _parametrized_sn(module)
+    if psn is not None:
+        return _convert_parametrized(module, base, psn)
     cls = _CONVERT.get(type(module))
     key, fn = _torch_sn_hook(module)
     if cls is None or fn is None:
@@ -175,11 +212,16 @@ def _convert_one(module):
 
 
 def convert_spectral_norm(model):
-    """Swap every ``torch.nn.utils.spectral_norm``-wrapped nn.Conv2d / ConvTranspose2d / Linear / Embedding in
-    ``model`` for the fused layer, keeping its parameters, buffers (u, v), settings and other hooks.
+    """Swap every nn.Conv2d / ConvTranspose2d / Linear / Embedding in ``model`` whose weight has spectral norm,
+    by ``torch.nn.utils.spectral_norm`` or by ``torch.nn.utils.parametrizations.spectral_norm``, for the fused
+    layer, keeping its weight Parameter, u, v, settings and other hooks.
 
-    Returns the model (a new object only when ``model`` itself is such a layer). Subclasses of those layers,
-    other SN'd types and ``torch.nn.utils.parametrizations.spectral_norm`` (u-first order) are left as they are.
+    Returns the model (a new object only when ``model`` itself is such a layer). A converted parametrization
+    gives the same outputs in eval mode (σ = uᵀ W v of the same u, v); its training steps then follow
+    ``torch.nn.utils.spectral_norm``'s order (v from u, then u) where the parametrization computes u from v
+    first: the same power iteration, half a step apart. State-dict keys become ``weight_orig``, ``weight_u``,
+    ``weight_v``: convert after loading a parametrized checkpoint. Subclasses of those layers, other SN'd types
+    and weights with other parametrizations are left as they are.
     """
     new_root = _convert_one(model)
     stack = [new_root]
