@@ -95,7 +95,8 @@ def test_state_dict_round_trip():
         a.step()
     sd = a.state_dict()
     assert set(sd) == {"effective_count", "counts", "num_steps", "_extra_state"}
-    assert sd["_extra_state"] == dict(num_classes=K, lam=1.0, alpha=0.5, beta=1.0, update_every=2, weighting="paper")
+    assert sd["_extra_state"] == dict(num_classes=K, lam=1.0, alpha=0.5, beta=1.0, update_every=2, weighting="paper",
+                                      start=0)
     b = CBRegularizer(K, lam=1.0, update_every=2)
     b.load_state_dict(sd)
     for name in ("effective_count", "counts", "num_steps"):

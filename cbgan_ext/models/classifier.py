@@ -101,8 +101,12 @@ def build_classifier(config):
     return CifarResNet(**config)
 
 
-def load_classifier(path, map_location="cpu", eval_mode=True):
-    """A trained classifier from a ``train-classifier`` checkpoint; the checkpoint dict is ``model.checkpoint_info``."""
+def load_classifier(path, map_location="cpu", eval_mode=True, freeze=True):
+    """A trained classifier from a ``train-classifier`` checkpoint; the checkpoint dict is ``model.checkpoint_info``.
+
+    It expects what it was trained on: images [B, C, S, S] in [-1, 1] (C and S from the checkpoint; a GAN's
+    tanh output); other shapes are refused with one line. ``freeze`` (default) turns off its parameters'
+    gradients, so a generator trained against it does not also fill gradients in it."""
     from ..train import checkpoint
     ckpt = checkpoint.load(path, map_location=map_location, what="classifier")
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
@@ -113,6 +117,22 @@ def load_classifier(path, map_location="cpu", eval_mode=True):
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.checkpoint_info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer")}
+    size = (ckpt.get("dataset") or {}).get("image_size")
+    model.register_forward_pre_hook(_input_check(path, int(ckpt["model_config"]["in_channels"]), size))
     if eval_mode:
         model.eval()
+    if freeze:
+        model.requires_grad_(False)
     return model
+
+
+def _input_check(path, channels, size):
+    want = f"[B, {channels}, {size}, {size}]" if size else f"[B, {channels}, H, W]"
+
+    def check(module, args):
+        x = args[0] if args else None
+        ok = isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == channels
+        if not (ok and (not size or tuple(x.shape[-2:]) == (size, size))):
+            got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"classifier {path}: expects images {want} in [-1, 1], as it was trained, got {got}")
+    return check

@@ -18,6 +18,10 @@ Both update the effective class frequency after every ``update_every`` calls of 
 N̂ ← (1−α)·N̂ + β·c, with c the argmax counts accumulated since the last update (then reset to 0);
 ``beta=None`` means β = 1 (the paper's Eq. 5) for "paper" and β = 1 − α for "official". N̂ starts at ``init_count``
 (default 50, the released code's value) for every class. Counts are accumulated only in training mode.
+``start=S`` leaves the term off for the first S calls of ``step()`` (forward returns 0, counts nothing;
+``reg.active`` says when it is on), then runs as a module made at step S would. ``reg.last_loss`` is the last
+term returned (detached), for logging it apart from G's loss. ``CBRegularizer.recipe(K)`` is the setting of
+the recorded runs.
 
 Under ``torch.distributed`` (a process group of more than one rank, e.g. launched by torchrun) the statistics
 are global: the softmax column sums, the argmax counts and the batch size are summed over ranks in one
@@ -76,8 +80,15 @@ def _integer(name, v, lo):
 
 
 class CBRegularizer(nn.Module):
+    @classmethod
+    def recipe(cls, num_classes, **overrides):
+        """The settings of the recorded CBGAN runs (docs/main-job: SNDCGAN, 2000 generator steps): the released
+        code's weighting, λ = 5, the class statistics updated every 50 steps, and the term off for the first
+        500 generator steps (until G draws shapes). ``overrides`` replace any of them."""
+        return cls(num_classes, **{**dict(lam=5.0, update_every=50, weighting="official", start=500), **overrides})
+
     def __init__(self, num_classes, lam, *, alpha=0.5, beta=None, update_every=2000, weighting="paper",
-                 init_count=50.0, distributed=True):
+                 init_count=50.0, start=0, distributed=True):
         super().__init__()
         self.distributed = bool(distributed)
         _integer("num_classes", num_classes, 1)
@@ -89,6 +100,9 @@ class CBRegularizer(nn.Module):
             _number("beta", beta, 0.0, why=" (negative β makes class weights negative)")
         _integer("update_every", update_every, 1)
         _number("init_count", init_count, 0.0, open_lo=True)
+        _integer("start", start, 0)
+        self.start = int(start)
+        self.last_loss = None
         self.num_classes = int(num_classes)
         self.lam = float(lam)
         self.alpha = float(alpha)
@@ -102,13 +116,14 @@ class CBRegularizer(nn.Module):
         self.register_buffer("counts", torch.full((self.num_classes,), prior, dtype=torch.float64))
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.int64))
 
-    _CONFIG = ("num_classes", "lam", "alpha", "beta", "update_every", "weighting")
+    _CONFIG = ("num_classes", "lam", "alpha", "beta", "update_every", "weighting", "start")
 
     def get_extra_state(self):
         """The configuration travels with the counts, so they never load into a differently configured module."""
         return {k: getattr(self, k) for k in self._CONFIG}
 
     def set_extra_state(self, state):
+        state = {"start": 0, **state}  # states saved before `start` existed had none
         diff = [f"{k}: {state[k]!r} there, {getattr(self, k)!r} here" for k in self._CONFIG
                 if k in state and state[k] != getattr(self, k)]
         if diff:
@@ -121,7 +136,13 @@ class CBRegularizer(nn.Module):
 
     def extra_repr(self):
         return (f"num_classes={self.num_classes}, lam={self.lam}, alpha={self.alpha}, beta={self.beta}, "
-                f"update_every={self.update_every}, weighting={self.weighting!r}")
+                f"update_every={self.update_every}, weighting={self.weighting!r}, start={self.start}")
+
+    @property
+    def active(self):
+        """False during the first ``start`` generator steps (counted by step()): forward then returns 0 and
+        counts nothing, so the classifier need not run."""
+        return int(self.num_steps) >= self.start
 
     def class_distribution(self):
         """N = N̂ / ΣN̂ (Eq. 6), float64 [K]."""
@@ -142,6 +163,9 @@ class CBRegularizer(nn.Module):
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"CBRegularizer: expected classifier logits [B, {self.num_classes}], "
                              f"got shape {tuple(logits.shape)}")
+        if not self.active:
+            self.last_loss = logits.new_zeros(())
+            return self.last_loss
         w = self.class_weights().to(device=logits.device, dtype=torch.float32 if logits.dtype != torch.float64
                                     else torch.float64)
         if self.distributed and _world_size() > 1:
@@ -151,13 +175,17 @@ class CBRegularizer(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.counts += counts.to(self.counts.device, self.counts.dtype)
-        return self.scale * loss
+        out = self.scale * loss
+        self.last_loss = out.detach()  # the CB term alone, for logging apart from G's loss
+        return out
 
     @torch.no_grad()
     def step(self):
-        """Call once after each generator step; every ``update_every`` calls the statistics update."""
+        """Call once after each generator step; every ``update_every`` calls after ``start`` the statistics
+        update."""
         self.num_steps += 1
-        if int(self.num_steps) % self.update_every == 0:
+        done = int(self.num_steps) - self.start
+        if done > 0 and done % self.update_every == 0:
             self.update_statistics()
 
     @torch.no_grad()
