@@ -1,4 +1,4 @@
-"""Build cbgan_ext: C++ CPU kernels always, CUDA kernels when nvcc and a CUDA build of torch exist.
+"""Build cbgan_ext's extension: C++ CPU kernels always, CUDA kernels when nvcc and a CUDA build of torch exist.
 
 CBGAN_EXT_CUDA=1 forces the CUDA build (fails loudly if impossible), CBGAN_EXT_CUDA=0 forces CPU-only,
 unset means auto-detect. TORCH_CUDA_ARCH_LIST picks the GPU archs; with no GPU visible it defaults to
@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 
 def _find_cuda_home():
@@ -36,7 +36,6 @@ if _cuda_home:
 import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _want_cuda():
@@ -92,25 +91,8 @@ def build_extension():
                         extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
-def _version():
-    """The one place the version is written: cbgan_ext/__init__.py."""
-    import re
-    with open(os.path.join(ROOT, "cbgan_ext", "__init__.py")) as f:
-        return re.search(r'^__version__ = "([^"]+)"', f.read(), flags=re.M).group(1)
-
-
+# Metadata, dependencies and the cbgan-ext script are in pyproject.toml; this file builds the extension.
 setup(
-    name="cbgan_ext",
-    version=_version(),
-    description="Fused CPU/CUDA ops and trainers for GANs on long-tailed data (CBGAN, Softlabel-GAN, BAGAN)",
-    packages=find_packages(include=["cbgan_ext", "cbgan_ext.*"]),
     ext_modules=[build_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["cbgan-ext=cbgan_ext.cli:main"]},
-    python_requires=">=3.10",
-    # torch is deliberately not pinned or listed: pip would otherwise replace the user's (CUDA) build.
-    install_requires=["numpy", "tqdm", "clean-fid", "scipy", "matplotlib", "pillow"],
-    extras_require={"digits": ["scikit-learn"], "metrics": ["prdc", "torchmetrics"],
-                    "test": ["pytest", "pytest-benchmark", "expecttest", "scikit-learn", "prdc", "torchmetrics"]},
-    zip_safe=False,
 )

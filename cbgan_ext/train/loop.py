@@ -278,9 +278,15 @@ class TrainLoop:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(self.out, "tb"))
-        except Exception:  # tensorboard is optional
+        except ImportError:  # optional: say once per process how to get it
+            global _TB_HINTED
+            if not _TB_HINTED:
+                print("cbgan_ext: TensorBoard logging is off (tensorboard is not installed; pip install tensorboard, "
+                      "or the package's [tensorboard] extra); the log is in metrics.jsonl", file=sys.stderr)
+                _TB_HINTED = True
             self._tb = None
+            return
+        self._tb = SummaryWriter(os.path.join(self.out, "tb"))
 
     def _is_better(self, value):
         if self.best is None:
