@@ -29,6 +29,8 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from . import distributed as dist
 
+_TB_HINTED = False  # the missing-tensorboard hint is printed once per process
+
 
 class EMA:
     """Exponential moving average of a generator: copies the weights until ``start`` steps, then
