@@ -307,13 +307,19 @@ def test_acgan_and_minority_gan_train(tmp_path):
 
 
 def test_acgan_losses_are_odena_et_al():
-    M = get_method("acgan")(K)
+    """Odena et al.'s losses; D's class term on the reals only by default (Keras' ACGAN example)."""
+    paper, keras = get_method("acgan")(K, settings=dict(acgan_aux="real+fake")), get_method("acgan")(K)
     src, cls = torch.randn(10), torch.randn(10, K)
     yr, yf = torch.randint(0, K, (6,)), torch.randint(0, K, (4,))
-    loss, _ = M.d_loss(lambda x: (src, cls), torch.zeros(6), yr, torch.zeros(4), yf)
-    expect = (F.binary_cross_entropy_with_logits(src, torch.cat([torch.ones(6), torch.zeros(4)]))
-              + F.cross_entropy(cls, torch.cat([yr, yf])))
-    assert torch.allclose(loss, expect)
+    adv = F.binary_cross_entropy_with_logits(src, torch.cat([torch.ones(6), torch.zeros(4)]))
+    loss, _ = paper.d_loss(lambda x: (src, cls), torch.zeros(6), yr, torch.zeros(4), yf)
+    assert torch.allclose(loss, adv + F.cross_entropy(cls, torch.cat([yr, yf])))
+    loss, _ = keras.d_loss(lambda x: (src, cls), torch.zeros(6), yr, torch.zeros(4), yf)
+    assert torch.allclose(loss, adv + F.cross_entropy(cls[:6], yr))
+    for M in (paper, keras):
+        M_loss, _ = M.d_loss(lambda x: (src, cls), torch.zeros(6), yr, torch.zeros(4), (yf + 1) % K)
+        assert torch.equal(M_loss, loss) == (M is keras)  # the fakes' labels matter only with real+fake
+    M = keras
     gl, _ = M.g_loss(lambda x: (src[:4], cls[:4]), None, None, torch.zeros(4), yf)
     assert torch.allclose(gl, F.binary_cross_entropy_with_logits(src[:4], torch.ones(4)) + F.cross_entropy(cls[:4], yf))
 

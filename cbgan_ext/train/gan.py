@@ -82,7 +82,8 @@ class GANTrainer(TrainLoop):
     resume_may_change = _LOOP_ONLY
     settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
                             "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
-                            "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1}
+                            "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1,
+                            "acgan_aux": "real+fake"}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,

@@ -10,7 +10,9 @@
   concatenation (the released code's batch); G step: B + ⌈B/K⌉ fakes of sampled classes, cross-entropy toward
   their class through D (only G steps). Classes of fakes: uniform, or the released code's "rebalance".
 * ``acgan``: the same networks without the autoencoder; G(z ⊙ embedding(y)), D with a real/fake logit and
-  an auxiliary classifier: D loss BCE(real/fake) + CE(class) on reals and fakes, G loss BCE + CE (Odena et al.).
+  an auxiliary classifier: D loss BCE(real/fake) + CE(class), G loss BCE + CE (Odena et al.). The class term of
+  D's loss is on the real images only by default, as in Keras' ACGAN example (whose G this is);
+  ``acgan_aux="real+fake"`` adds the fakes' class term, as the paper.
 * ``minority-gan``: the paper's simple GAN, unconditional, on the images of one class only (``target_class``,
   by default the dataset's minority class), non-saturating loss; its fakes are judged as that class.
 
@@ -134,13 +136,18 @@ class ACGAN(_BAGANFamily):
     conditional = True
     d_head = "aux-classifier"
     loss = "acgan"
+    option_groups = ("acgan_aux",)
 
     def d_loss(self, D, real, real_labels, fake, fake_labels):
         src, cls = D(torch.cat([real, fake]))
         n = real.shape[0]
         is_real = torch.cat([torch.ones(n, device=src.device), torch.zeros(fake.shape[0], device=src.device)])
         adv = F.binary_cross_entropy_with_logits(src, is_real)
-        aux = F.cross_entropy(cls, torch.cat([real_labels, fake_labels]))
+        if self.settings.get("acgan_aux", "real") == "real":
+            # Keras' example: fakes do not train the classifier, so G cannot teach D its own class textures
+            aux = F.cross_entropy(cls[:n], real_labels)
+        else:
+            aux = F.cross_entropy(cls, torch.cat([real_labels, fake_labels]))
         return adv + aux, {"aux_d": aux.detach().item()}
 
     def g_loss(self, D, real, real_labels, fake, fake_labels):
