@@ -12,8 +12,8 @@
 # GPU_CHECK_BUDGET_S (whole run, default 420), GPU_CHECK_PYTHON (default python3; .venv/bin/python in a
 # dry run), TORCH_CUDA_ARCH_LIST (default: the visible GPU's capability).
 # Every stage runs under `timeout` and later stages run whatever earlier ones did; each stage prints one
-# status line. Files left in $OUT (at most 8 come back from the device machine): gpu_summary.json,
-# gpu_check.log, build.log, tests.log, tests.xml, bench.log, bench.json.
+# status line. Files left in $OUT: gpu_summary.json, gpu_check.log, build.log, tests.log, tests.xml,
+# bench.log, the bench_*.json, and cuda-covered.json when every CUDA test passed.
 set -u
 set -o pipefail
 
@@ -140,7 +140,11 @@ TEST_ARGS=(-p no:cacheprovider -q -rfE python_tests -k "needs_cuda or test_build
 : >"$OUT/tests.log"
 NOTE="pytest python_tests -k 'needs_cuda or test_build.py'" stage tests 180 "$OUT/tests.log" \
   "$PY" -m pytest "${TEST_ARGS[@]}"
+TESTS_RC=$?
 tail -3 "$OUT/tests.log" | tee -a "$LOG"
+# The sources these tests ran on: committed as benchmarks/results/cuda-covered.json when they all passed,
+# `python benchmarks/cuda_coverage.py` then lists the CUDA tests whose code changed since.
+[ "$TESTS_RC" = 0 ] && [ "$DRY" != 1 ] && "$PY" benchmarks/cuda_coverage.py record "$OUT/cuda-covered.json" | tee -a "$LOG"
 
 # ---- 5. roofline: copy bandwidth, bytes per op, host time of DiffAugment ---------------------------------
 ROOF_ARGS=(measure --device "$DEVICE" --out "$SCRATCH/roofline.json")
