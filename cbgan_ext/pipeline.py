@@ -33,13 +33,9 @@ from .train.methods import get_method, method_names
 
 _CLASSIFIER = dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="auto")
 _ANNOTATOR = dict(loss="ce", epochs=2, width=0.5, depth=32, lr_schedule="cosine", amp="auto")
-# The released code's weighting (w = K·(1/N̂)/Σ 1/N̂, bounded by K) with its convex-combination update:
-# with the paper's w = 1/N_k a class the generator stops producing gets w ~ 1e4 within a few short cycles
-# and the regularizer swamps the GAN loss. Short runs need a short cycle (50 steps). From the first step
-# the regularizer made this small generator paint classifier-pleasing stripes before it had learnt any
-# garment (λ = 20: annotator confidence 0.53-0.61); starting it at step 500, once shapes exist, with
-# λ = 5 gave seed 0 KL 0.16 against the baseline's 0.80 at confidence 0.61 (λ = 2.5: 0.25 / 0.64;
-# λ = 5 from step 1000: 0.39 / 0.64). The baseline's KL grows with training (it learns the imbalance).
+# The released code's weighting (bounded by K; the paper's w = 1/N_k explodes for a class the generator stops
+# drawing), a short cycle for a short run, and the term from step 500, once G draws shapes (from the first step
+# it paints classifier-pleasing stripes before any garment). The README's cbgan recording says what was tried.
 _GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eval_every=250, ema_start=1000,
             ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0, cb_start=500)
 
