@@ -95,6 +95,19 @@ def test_all_meta_still_gives_shapes():
 
 # ---- DiffAugment without colour only moves and zeroes pixels, as the reference -----------------------------
 
+def _fused_and_reference(x, grad, p, policy, device, channels_last):
+    """Forward outputs and input gradients (for upstream ``grad``) of the fused op and the reference."""
+    x, grad, p = x.to(device), grad.to(device), p.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = ops.diff_augment(xf, policy, params=p)
+    ref = reference.diff_augment(xr, policy, params=p)
+    gf, = torch.autograd.grad(out, xf, grad)
+    gr, = torch.autograd.grad(ref, xr, grad)
+    return out.detach(), ref.detach(), gf, gr
+
+
 @pytest.mark.parametrize("policy", ["translation", "cutout", "translation,cutout", "cutout,translation",
                                     "translation,translation,cutout,cutout"])
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -113,16 +126,9 @@ def test_diff_augment_spatial_only_non_finite_matches_reference(policy, channels
     grad.view(-1)[idx[:20]] = NAN
     grad.view(-1)[idx[20:]] = INF
     p = ops.sample_diff_augment_params(x, policy, generator=g)
-    x, grad, p = x.to(device), grad.to(device), p.to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = ops.diff_augment(xf, policy, params=p)
-    ref = reference.diff_augment(xr, policy, params=p)
+    out, ref, gf, gr = _fused_and_reference(x, grad, p, policy, device, channels_last)
     torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
     # backward: a non-finite upstream gradient moves and is masked the same way
-    gf, = torch.autograd.grad(out, xf, grad)
-    gr, = torch.autograd.grad(ref, xr, grad)
     torch.testing.assert_close(gf, gr, rtol=0, atol=0, equal_nan=True)
 
 
@@ -171,18 +177,11 @@ def test_diff_augment_colour_non_finite_matches_reference(policy, channels_last,
     if p.cutout.numel():
         p.cutout[:, 4] = 0
         p.cutout[:, 6] = torch.tensor([11, 9])
-    x, grad, p = x.to(device), grad.to(device), p.to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = ops.diff_augment(xf, policy, params=p)
-    ref = reference.diff_augment(xr, policy, params=p)
+    out, ref, gf, gr = _fused_and_reference(x, grad, p, policy, device, channels_last)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     assert torch.equal(torch.isnan(out), torch.isnan(ref)), "NaN where the reference has NaN, nowhere else"
     torch.testing.assert_close(out, ref, equal_nan=True, **tol)  # infinities equal, finite values close
     assert torch.isfinite(out[0]).all() and not torch.isfinite(out[1:]).all()
-    gf, = torch.autograd.grad(out, xf, grad)
-    gr, = torch.autograd.grad(ref, xr, grad)
     assert torch.equal(torch.isnan(gf), torch.isnan(gr))
     torch.testing.assert_close(gf, gr, equal_nan=True, **tol)
 
