@@ -39,6 +39,7 @@ data:
 	fi
 
 test: setup data
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q python_tests
 	$(MAKE) --no-print-directory cmake-smoke
 

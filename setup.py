@@ -46,7 +46,8 @@ def _want_cuda():
         return False, "CBGAN_EXT_CUDA=0"
     if flag in ("1", "on", "true", "yes"):
         if not possible:
-            sys.exit("cbgan_ext: CBGAN_EXT_CUDA=1 but no nvcc (CUDA_HOME=%s) or torch is CPU-only (torch.version.cuda=%s)"
+            sys.exit("cbgan_ext: CBGAN_EXT_CUDA=1 but no nvcc (CUDA_HOME=%s) or torch is CPU-only "
+                     "(torch.version.cuda=%s)"
                      % (_cuda_home, torch.version.cuda))
         return True, "CBGAN_EXT_CUDA=1"
     if not possible:

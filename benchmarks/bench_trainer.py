@@ -3,7 +3,8 @@ the trainer before the registry): the registry must cost nothing measurable.
 
 Rows: "fused" = GANTrainer.train_step (method "cbgan"), "eager" = the plain loop, so the summary's ratio is
 plain / registry (1.0 = the same). Both are timed interleaved step by step in one process as well
-("interleaved" row, medians in its extra_info, the order alternating each round), because two separate rows on a shared machine can drift
+("interleaved" row, medians in its extra_info, the order alternating each round), because two separate rows
+on a shared machine can drift
 apart by more than the difference being measured. Shapes: SNDCGAN width 0.25 (the main job) on
 Fashion-MNIST-sized images, batch 64, a ResNet-8 classifier in the loop.
 """
@@ -29,7 +30,8 @@ def _classifier():
 
 
 def registry_step():
-    t = GANTrainer(RandomImages(), tempfile.mkdtemp(), method="cbgan", classifier=_classifier(), width=0.25, batch_size=64,
+    t = GANTrainer(RandomImages(), tempfile.mkdtemp(), method="cbgan", classifier=_classifier(), width=0.25,
+                   batch_size=64,
                    cycle=50, weighting="official", lam=5.0, progress=False, seed=0)
     counter = iter(range(10 ** 9))
     return lambda: t.train_step(next(counter))

@@ -70,11 +70,12 @@ def main():
             grad = torch.ops.cbgan_ext._class_balancing_loss_backward(one, p, w, m)
             x.grad = torch.zeros_like(x)
             acc = median_us(lambda: x.grad.add_(grad))
-            del p, m, grad
+
             f_f, f_b, f_pf = phases(ops.class_balancing_loss, x, w)
             e_f, e_b, e_pf = phases(reference.class_balancing_loss, x, w)
-            print(f"threads {th} K {K}: ops alone: forward {fwd:.0f} us, backward {bwd:.0f} us, x.grad += {acc:.0f} us | "
-                  f"step fused {f_f:.0f} + {f_b:.0f} = {f_f + f_b:.0f} us ({f_pf:.1f} faults), eager {e_f:.0f} + {e_b:.0f} "
+            print(f"threads {th} K {K}: ops alone: forward {fwd:.0f} us, backward {bwd:.0f} us, "
+                  f"x.grad += {acc:.0f} us | step fused {f_f:.0f} + {f_b:.0f} = {f_f + f_b:.0f} us "
+                  f"({f_pf:.1f} faults), eager {e_f:.0f} + {e_b:.0f} "
                   f"= {e_f + e_b:.0f} us ({e_pf:.1f} faults): {(e_f + e_b) / (f_f + f_b):.2f}x", flush=True)
 
 

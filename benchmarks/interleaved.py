@@ -70,7 +70,8 @@ def main():
                    "min": min(rs), "max": max(rs), "fused_median_s": statistics.median(t for _, t in blocks)}
             rows.append(row)
             print(f"{name:<40} threads={n}  eager/fused {row['median']:.2f}x "
-                  f"({row['min']:.2f}-{row['max']:.2f}, {args.repeats} blocks)  fused {row['fused_median_s'] * 1e6:.0f} us",
+                  f"({row['min']:.2f}-{row['max']:.2f}, {args.repeats} blocks)  "
+                  f"fused {row['fused_median_s'] * 1e6:.0f} us",
                   flush=True)
     name = platform.node() or "machine"
     out = args.out or os.path.join(HERE, "results", f"{name}-interleaved.json")

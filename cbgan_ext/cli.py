@@ -150,7 +150,9 @@ def _check_subset_fits(args):
     have = SPLIT_COUNTS.get((args.dataset, "train"))
     if have is None or (args.imbalance == 1.0 and args.profile in ("exp", "step") and args.n_max is None):
         return
-    scale = args.n_max if args.n_max is not None else (SOFTLABEL_DEFAULT_N if args.profile in SOFTLABEL_PROFILES else min(have))
+    scale = args.n_max
+    if scale is None:
+        scale = SOFTLABEL_DEFAULT_N if args.profile in SOFTLABEL_PROFILES else min(have)
     try:
         asked = long_tailed_counts(scale, len(have), args.imbalance, args.profile, seed=args.seed,
                                    minority_class=args.minority_class, drop_fraction=args.drop_fraction)
@@ -638,7 +640,8 @@ def _configure_demo(p):
 
     def default(value):
         return f"(default: the preset's; {value} in the default preset)"
-    p.add_argument("--steps", type=int, default=None, help="cbgan section: GAN steps per method " + default(d["gan"]["steps"]))
+    p.add_argument("--steps", type=int, default=None,
+                   help="cbgan section: GAN steps per method " + default(d["gan"]["steps"]))
     p.add_argument("--classifier-epochs", type=float, default=None,
                    help="cbgan section: epochs of the classifier in the loop " + default(d["classifier"]["epochs"]))
     p.add_argument("--annotator-epochs", type=float, default=None, help=default(d["annotator"]["epochs"]))
@@ -697,7 +700,8 @@ def _run_demo(args):
                               ("--weighting", args.weighting), ("--lam", args.lam)) if v is not None]
     if cb_only and "cbgan" not in sections:
         raise UsageError(f"{', '.join(cb_only)}: set the cbgan section, and --sections has no cbgan")
-    kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads, classifier_epochs=args.classifier_epochs,
+    kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads,
+              classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)
     if seeds:

@@ -64,13 +64,15 @@ def cbgan_seeds():
     for s, r in runs.items():
         g, c, ratio = r["results"]["gan"], r["results"]["cbgan"], r["ratios"]["cbgan"]
         row = dict(klg=g["kl"], klc=c["kl"], klr=ratio["kl_ratio"], fdg=g["fd"], fdc=c["fd"], fdr=ratio["fd_ratio"],
-                   cg=g["confidence"], cc=c["confidence"], acc=100 * r["classifiers"]["classifier"]["balanced_accuracy"])
+                   cg=g["confidence"], cc=c["confidence"],
+                   acc=100 * r["classifiers"]["classifier"]["balanced_accuracy"])
         for k, v in row.items():
             cols[k].append(v)
         lines.append(f"| {s} | {row['klg']:.3f} | {row['klc']:.3f} | **{row['klr']:.2f}×** | {row['fdg']:.2f} | "
                      f"{row['fdc']:.2f} | {row['fdr']:.2f} | {row['cg']:.3f} / {row['cc']:.3f} | {row['acc']:.1f}% |")
     two = "{:.2f}"
-    lines.append(f"| mean ± sd (range) | {spread(cols['klg'])} | {spread(cols['klc'])} | {spread(cols['klr'], two, '×')} | "
+    lines.append(f"| mean ± sd (range) | {spread(cols['klg'])} | {spread(cols['klc'])} | "
+                 f"{spread(cols['klr'], two, '×')} | "
                  f"{spread(cols['fdg'], two)} | {spread(cols['fdc'], two)} | {spread(cols['fdr'], two)} | "
                  f"{statistics.fmean(cols['cg']):.3f} / {statistics.fmean(cols['cc']):.3f} | "
                  f"{spread(cols['acc'], '{:.1f}', '%')} |")

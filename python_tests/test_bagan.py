@@ -13,7 +13,7 @@ from torch import nn
 
 from cbgan_ext.data import ImageDataset, long_tailed_counts, minority_classes
 from cbgan_ext.models import build_gan
-from cbgan_ext.models.bagan import BAGANEncoder, BAGANGenerator, BAGANTrunk, latent_resolution
+from cbgan_ext.models.bagan import BAGANGenerator, BAGANTrunk, latent_resolution
 from cbgan_ext.train.gan import GANTrainer
 from cbgan_ext.train.loop import ConfigMismatchError
 from cbgan_ext.train.methods import get_method
@@ -380,9 +380,10 @@ def test_non_finite_codes_are_refused():
 
 def test_cli_refuses_a_bad_minority_class(capsys):
     from cbgan_ext.cli import main
-    assert main(["train", "--method", "bagan", "--profile", "bagan", "--minority-class", "a", "--out", "/nonexistent/x"]) == 2
+    bagan = ["train", "--method", "bagan", "--profile", "bagan", "--out", "/nonexistent/x"]
+    assert main([*bagan, "--minority-class", "a"]) == 2
     assert "--minority-class" in capsys.readouterr().err
-    assert main(["train", "--method", "bagan", "--profile", "bagan", "--drop-fraction", "1", "--out", "/nonexistent/x"]) == 2
+    assert main([*bagan, "--drop-fraction", "1"]) == 2
     assert "--drop-fraction" in capsys.readouterr().err
 
 

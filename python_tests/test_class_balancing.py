@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import cbgan_ext
 from cbgan_ext import ops, reference
 from conftest import DEVICES, at_one_and_many_threads
 

@@ -131,8 +131,9 @@ def test_digits_offline_split_and_range():
     allx = tr.float_images()
     assert allx.min() == -1.0 and allx.max() == 1.0
     # disjoint: no test image (with its label) appears among the train images of that class
-    trk = {(bytes(a.numpy()), int(l)) for a, l in zip(tr.images, tr.labels)}
-    assert sum((bytes(a.numpy()), int(l)) in trk for a, l in zip(te.images, te.labels)) < 5  # sklearn has a few duplicates
+    trk = {(bytes(a.numpy()), int(y)) for a, y in zip(tr.images, tr.labels)}
+    # sklearn's digits hold a few duplicates
+    assert sum((bytes(a.numpy()), int(y)) in trk for a, y in zip(te.images, te.labels)) < 5
 
 
 def test_digits_long_tailed_is_deterministic():

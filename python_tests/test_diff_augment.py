@@ -313,8 +313,8 @@ def test_gradcheck_float64_cuda():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
-    for policy, shape, cl in [("color,translation,cutout", (4, 3, 8, 8), False), ("translation,color", (3, 3, 6, 9), True),
-                              ("cutout,color,cutout", (2, 1, 5, 5), False)]:
+    for policy, shape, cl in [("color,translation,cutout", (4, 3, 8, 8), False),
+                              ("translation,color", (3, 3, 6, 9), True), ("cutout,color,cutout", (2, 1, 5, 5), False)]:
         x = _input(shape, torch.float32, device, cl).requires_grad_()
         p = ops.sample_diff_augment_params(x, policy)
         prog = [_CODE[g] for g in p.policy]

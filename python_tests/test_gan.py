@@ -159,7 +159,8 @@ def test_losses_match_their_equations():
     dr, df = torch.randn(7), torch.randn(7)
     assert torch.allclose(losses.relativistic_d_loss(dr, df), -torch.log(torch.sigmoid(dr - df)).mean())
     assert torch.allclose(losses.relativistic_g_loss(df, dr), -torch.log(torch.sigmoid(df - dr)).mean())
-    assert torch.allclose(losses.hinge_d_loss(dr, df), torch.clamp(1 - dr, min=0).mean() + torch.clamp(1 + df, min=0).mean())
+    hinge = torch.clamp(1 - dr, min=0).mean() + torch.clamp(1 + df, min=0).mean()
+    assert torch.allclose(losses.hinge_d_loss(dr, df), hinge)
     assert torch.allclose(losses.hinge_g_loss(df), -df.mean())
     assert torch.allclose(losses.nonsaturating_d_loss(dr, df),
                           -(torch.log(torch.sigmoid(dr)) + torch.log(1 - torch.sigmoid(df))).mean())
@@ -490,7 +491,8 @@ def test_raw_or_ema_generator(tmp_path, capsys):
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     ema, raw = load_run(str(tmp_path), "last"), load_run(str(tmp_path), "last", generator="raw")
     assert ema.generator == "ema" and raw.generator == "raw"
-    k = next(k for k, v in state["ema"].items() if v.is_floating_point() and not torch.equal(v, state["modules"]["G"][k]))
+    g = state["modules"]["G"]
+    k = next(k for k, v in state["ema"].items() if v.is_floating_point() and not torch.equal(v, g[k]))
     assert torch.equal(ema.G.state_dict()[k], state["ema"][k]) and torch.equal(raw.G.state_dict()[k],
                                                                                  state["modules"]["G"][k])
     with pytest.raises(ValueError, match="generator must be 'ema' or 'raw'"):
@@ -601,7 +603,8 @@ def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(t
 
 
 @pytest.mark.parametrize("method,given,named", [
-    ("gan", dict(lam=5.0), "lam"), ("gan", dict(ae_steps=5), "ae_steps"), ("cbgan", dict(target_class=1), "target_class"),
+    ("gan", dict(lam=5.0), "lam"), ("gan", dict(ae_steps=5), "ae_steps"),
+    ("cbgan", dict(target_class=1), "target_class"),
     ("acgan", dict(class_sampling="rebalance"), "class_sampling"), ("cgan-pd", dict(cycle=3), "cycle")])
 def test_settings_a_method_does_not_read_are_refused(tmp_path, capsys, method, given, named):
     with pytest.raises(ValueError, match=f"method {method!r}.* does not use {named}"):

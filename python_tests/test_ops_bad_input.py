@@ -235,8 +235,10 @@ def test_spectral_norm_backward_ops_check_inputs():
         with pytest.raises(RuntimeError, match=f"^_spectral_norm_weight_backward: {msg}"):
             call()
     bad_multi = [
-        (lambda: cb._spectral_norm_weight_multi_backward([w, w], [w], [u], [v], torch.ones(1), [0]), "expected 1 grads"),
-        (lambda: cb._spectral_norm_weight_multi_backward([w], [w], [u], [v], torch.ones(3), [0]), "sigmas must be \\[1\\]"),
+        (lambda: cb._spectral_norm_weight_multi_backward([w, w], [w], [u], [v], torch.ones(1), [0]),
+         "expected 1 grads"),
+        (lambda: cb._spectral_norm_weight_multi_backward([w], [w], [u], [v], torch.ones(3), [0]),
+         "sigmas must be \\[1\\]"),
         (lambda: cb._spectral_norm_weight_multi_backward([w.t()], [w], [u], [v], torch.ones(1), [0]),
          "grad must have the weight's shape"),
     ]

@@ -342,7 +342,8 @@ def test_cpu_cuda_parity(dtype, K):
             grads.append([t.cpu() for t in torch.autograd.grad(out.sum(), (hh, EE))])
         _close(outs[1], outs[0].double(), 2 * scale, dtype)
         for a, b in zip(grads[0], grads[1]):
-            assert torch.allclose(a.double(), b.double(), rtol=TOL[dtype] * 20, atol=TOL[dtype] * 20 * a.abs().max().item())
+            tol = TOL[dtype] * 20
+            assert torch.allclose(a.double(), b.double(), rtol=tol, atol=tol * a.abs().max().item())
 
 
 def test_deterministic_across_thread_counts():

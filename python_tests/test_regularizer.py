@@ -103,7 +103,8 @@ def test_state_dict_round_trip():
         assert torch.equal(getattr(a, name), getattr(b, name))
     x = torch.randn(16, K)
     assert torch.equal(a(x), b(x))
-    a.step(); b.step()
+    a.step()
+    b.step()
     assert torch.equal(a.effective_count, b.effective_count)
 
 

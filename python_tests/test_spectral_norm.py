@@ -639,7 +639,8 @@ def test_aten_fallback_matches_cpu_kernels(shape, dim):
     ma = torch.ops.cbgan_ext.spectral_norm_weight_multi([w, 2 * w], [u, u], [v, v], [dim, dim], 1, 1e-12)
     mb = sn._multi_cuda([w, 2 * w], [u, u], [v, v], [dim, dim], 1, 1e-12)
     assert same(ma[0] + ma[1] + ma[2] + [ma[3]], mb[0] + mb[1] + mb[2] + [mb[3]])
-    assert same(torch.ops.cbgan_ext._spectral_norm_weight_multi_backward([g, None], [w, 2 * w], ma[1], ma[2], ma[3], [dim, dim]),
+    back = torch.ops.cbgan_ext._spectral_norm_weight_multi_backward
+    assert same(back([g, None], [w, 2 * w], ma[1], ma[2], ma[3], [dim, dim]),
                 sn._multi_backward_cuda([g, None], [w, 2 * w], mb[1], mb[2], mb[3], [dim, dim]))
 
 

@@ -51,7 +51,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, images, labels, num_classes, classes=None, indices=None, config=None):
         if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"ImageDataset: images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(f"ImageDataset: images must be uint8 [N, C, H, W], "
+                             f"got {images.dtype} {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
             raise ValueError(f"ImageDataset: labels must be [N]={images.shape[0]}, got {tuple(labels.shape)}")
         self.images = images.contiguous()

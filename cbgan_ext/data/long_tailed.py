@@ -66,8 +66,8 @@ def minority_classes(minority_class, num_classes, what="minority_class"):
         try:
             v = [int(p) for p in v.split(",") if p.strip()]
         except ValueError:
-            raise ValueError(f"{what}: minority_class must be class indices like '3' or '3,5', got {minority_class!r}") \
-                from None
+            raise ValueError(f"{what}: minority_class must be class indices like '3' or '3,5', "
+                             f"got {minority_class!r}") from None
     items = list(v) if isinstance(v, (list, tuple)) else [v]
     if not items or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) < num_classes
                         for k in items):

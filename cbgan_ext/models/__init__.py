@@ -3,5 +3,6 @@ from .classifier import CifarResNet, NormedLinear, build_classifier, load_classi
 from .gan import (ARCHITECTURES, D_HEADS, ConditionalBatchNorm2d, DCGANDiscriminator, DCGANGenerator,
                   ResNetDiscriminator, ResNetGenerator, build_gan)
 
-__all__ = ["ARCHITECTURES", "D_HEADS", "ConditionalBatchNorm2d", "DCGANGenerator", "DCGANDiscriminator", "ResNetGenerator", "ResNetDiscriminator",
+__all__ = ["ARCHITECTURES", "D_HEADS", "ConditionalBatchNorm2d", "DCGANGenerator", "DCGANDiscriminator",
+           "ResNetGenerator", "ResNetDiscriminator",
            "build_gan", "CifarResNet", "NormedLinear", "resnet32", "build_classifier", "load_classifier"]

@@ -13,7 +13,8 @@ projection head.
 
 Channel tables (× ``width``·ch, ch = 64): 32×32 G [4, 4, 4], D [4, 4, 4, 4] pooling on the first two;
 64×64 G [16, 16, 8, 4, 2], D [1, 2, 4, 8, 16]; 128×128 G [16, 16, 8, 4, 2, 1], D [1, 2, 4, 8, 16, 16]
-(pooling on all but the last D block); G lists the linear layer's channels, then each block's output. BigGAN's shared embedding and hierarchical z are not implemented.
+(pooling on all but the last D block); G lists the linear layer's channels, then each block's output.
+BigGAN's shared embedding and hierarchical z are not implemented.
 """
 import torch
 from torch import nn

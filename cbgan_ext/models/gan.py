@@ -278,7 +278,8 @@ def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectr
         conditional_g = d_head in ("projection", "aux-classifier")
     g_classes = int(num_classes) if conditional_g or g_gaussians else 0
     if g_gaussians and arch != "bagan":
-        raise ValueError(f"build_gan: class Gaussians on the latent (g_gaussians) are BAGAN's: arch 'bagan', got {arch!r}")
+        raise ValueError(f"build_gan: class Gaussians on the latent (g_gaussians) are BAGAN's: arch 'bagan', "
+                         f"got {arch!r}")
     if d_spectral_norm is not None and arch != "bagan" and not d_spectral_norm:
         raise ValueError(f"build_gan: {arch} is defined with a spectrally normalised D")
     if conditional_g and g_classes < 1:

@@ -6,6 +6,6 @@ from .regularizer import CBRegularizer
 from .spectral_norm import (SNConv2d, SNConvTranspose2d, SNEmbedding, SNLinear, convert_spectral_norm,
                             spectral_norm_update_)
 
-__all__ = ["CBRegularizer", "DiffAugment", "diff_augment", "ProjectionHead", "SNConv2d", "SNConvTranspose2d", "SNLinear",
-           "SNEmbedding", "convert_spectral_norm", "spectral_norm_update_", "LOSSES", "LongTailLoss",
+__all__ = ["CBRegularizer", "DiffAugment", "diff_augment", "ProjectionHead", "SNConv2d", "SNConvTranspose2d",
+           "SNLinear", "SNEmbedding", "convert_spectral_norm", "spectral_norm_update_", "LOSSES", "LongTailLoss",
            "effective_number_weights", "ldam_margins"]

@@ -1,5 +1,4 @@
 """Checks shared by the fake (meta) kernels of every op."""
-import torch
 
 
 def same_device(op, **tensors):

@@ -86,7 +86,8 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
         raise ValueError("augment-eval: the dataset has no minority class: it needs the bagan profile "
                          "(--profile bagan --minority-class K --drop-fraction F)")
     os.makedirs(out, exist_ok=True)
-    kw = dict(dataset=dataset_config["name"], root=dataset_config.get("root"), image_size=dataset_config.get("image_size"),
+    kw = dict(dataset=dataset_config["name"], root=dataset_config.get("root"),
+              image_size=dataset_config.get("image_size"),
               imbalance_ratio=dataset_config.get("imbalance_ratio", 1.0), profile="bagan",
               n_max=dataset_config.get("n_max"), seed=dataset_config.get("seed", 0),
               selection=dataset_config.get("selection", "shuffle"), minority_class=dataset_config.get("minority_class"),
@@ -128,7 +129,8 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
         per = rec.get("per_class_accuracy") or []
         results["rows"][name] = {
             "kind": kind, "run": run_dir, "checkpoint": checkpoint if run_dir else None,
-            "run_step": loaded[run_dir].step if run_dir else None, "seed": seed if run_dir else None, "added": 0 if extra is None else int(ckpt.load(extra)["labels"].numel()),
+            "run_step": loaded[run_dir].step if run_dir else None, "seed": seed if run_dir else None,
+            "added": 0 if extra is None else int(ckpt.load(extra)["labels"].numel()),
             "minority_accuracy": [per[k] for k in minority] if per else None,
             "accuracy": rec.get("accuracy"), "balanced_accuracy": rec.get("balanced_accuracy"),
             "per_class_accuracy": per, "finished": rec.get("finished")}

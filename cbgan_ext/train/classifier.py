@@ -369,7 +369,8 @@ def _with_extra(train_set, path):
     extra = ckpt.load(path)
     x, y = extra.get("images"), extra.get("labels")
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or tuple(x.shape[1:]) != train_set.image_shape:
-        raise ValueError(f"train_classifier: {path}: images must be uint8 [M, {', '.join(map(str, train_set.image_shape))}]"
+        shape = ", ".join(map(str, train_set.image_shape))
+        raise ValueError(f"train_classifier: {path}: images must be uint8 [M, {shape}]"
                          f", got {getattr(x, 'dtype', type(x))} {tuple(getattr(x, 'shape', ()))}")
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],) or (len(y) and not 0 <= int(y.min()) <= int(y.max())
                                                                         < train_set.num_classes):

@@ -66,7 +66,8 @@ def batched(fn, images, batch=500):
 def annotate(annotator, images, batch=500):
     """(argmax labels, max softmax probability) of the annotator, on the CPU."""
     dev = next(annotator.parameters()).device
-    probs = [torch.softmax(annotator(images[i:i + batch].to(dev)).float(), 1).max(1) for i in range(0, len(images), batch)]
+    probs = [torch.softmax(annotator(images[i:i + batch].to(dev)).float(), 1).max(1)
+             for i in range(0, len(images), batch)]
     return torch.cat([p.indices.cpu() for p in probs]), torch.cat([p.values.cpu() for p in probs])
 
 

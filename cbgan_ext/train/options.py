@@ -109,7 +109,8 @@ OPTIONS = {
     "class_sampling": Option("uniform", "BAGAN: classes of the fakes, uniform or the released code's 'rebalance' "
                              "(p_c ∝ max(0, 2/K − share of c in the training set))", _choice("uniform", "rebalance")),
     "acgan_aux": Option("real", "ACGAN: the images D's auxiliary classifier learns from: 'real' (Keras' ACGAN example, "
-                        "the code BAGAN's builds on) or 'real+fake' (Odena et al.'s paper)", _choice("real", "real+fake")),
+                        "the code BAGAN's builds on) or 'real+fake' (Odena et al.'s paper)",
+                        _choice("real", "real+fake")),
     "target_class": Option(-1, "minority-gan: the one class it trains on (-1: the dataset's minority class)",
                            int_check(-1)),
     "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", int_check(0)),
