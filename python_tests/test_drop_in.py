@@ -100,3 +100,18 @@ def test_recipe_is_the_recorded_setting_and_start_is_part_of_the_state():
         other.load_state_dict(reg.state_dict())
     with pytest.raises(ValueError, match="start must be an integer >= 0"):
         CBRegularizer(10, 1.0, start=-1)
+
+
+def test_public_api_has_docstrings_and_type_hints():
+    import inspect
+    from cbgan_ext.data import get_dataset
+    from cbgan_ext.models import build_gan
+    from cbgan_ext.train.gan import GANTrainer
+    for obj in (cbgan_ext.CBRegularizer, cbgan_ext.DiffAugment, cbgan_ext.ProjectionHead, cbgan_ext.nn.SNConv2d,
+                GANTrainer, get_dataset, build_gan, load_classifier, cbgan_ext.diff_augment, CBRegularizer.recipe):
+        assert (obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__), obj
+        if obj is cbgan_ext.nn.SNConv2d:  # nn.Conv2d's own signature
+            continue
+        sig = inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
+        hinted = [p for p in sig.parameters.values() if p.annotation is not inspect.Parameter.empty]
+        assert hinted, f"{obj.__qualname__} has no type hints"

@@ -4,6 +4,8 @@ The whole split is one uint8 tensor [N, C, H, W] (Fashion-MNIST train padded to 
 classifier loops can slice batches without a DataLoader; items are float CHW in [−1, 1] (x/127.5 − 1), the
 generator's range.
 """
+from typing import Optional
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,9 +107,11 @@ def list_datasets():
     return sorted(SOURCES)
 
 
-def get_dataset(name, split="train", root=None, image_size=None, imbalance_ratio=1.0, profile="exp", seed=0, *,
-                n_max=None, minority_class=0, drop_fraction=None, download=False, resize_mode="auto", channels=None,
-                selection="shuffle"):
+def get_dataset(name: str, split: str = "train", root: Optional[str] = None, image_size: Optional[int] = None,
+                imbalance_ratio: float = 1.0, profile: str = "exp", seed: int = 0, *, n_max: Optional[int] = None,
+                minority_class=0, drop_fraction: Optional[float] = None, download: bool = False,
+                resize_mode: str = "auto", channels: Optional[int] = None,
+                selection: str = "shuffle") -> "ImageDataset":
     """A dataset of (image float CHW in [−1, 1], label), optionally a long-tailed subset.
 
     name: ``fashion-mnist``, ``mnist``, ``cifar10``, ``cifar100``, ``digits`` or ``folder`` (``root`` an

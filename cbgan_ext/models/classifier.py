@@ -101,7 +101,7 @@ def build_classifier(config):
     return CifarResNet(**config)
 
 
-def load_classifier(path, map_location="cpu", eval_mode=True, freeze=True):
+def load_classifier(path: str, map_location="cpu", eval_mode: bool = True, freeze: bool = True) -> "CifarResNet":
     """A trained classifier from a ``train-classifier`` checkpoint; the checkpoint dict is ``model.checkpoint_info``.
 
     It expects what it was trained on: images [B, C, S, S] in [-1, 1] (C and S from the checkpoint; a GAN's

@@ -18,6 +18,8 @@ generator's BatchNorms become conditional (class-dependent gain and bias, Miyato
 * ``"classes+1"``: K + 1 logits [B, K+1], the last one "fake" (BAGAN);
 * ``"aux-classifier"``: (logit [B], class logits [B, K]) (ACGAN).
 """
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -262,8 +264,10 @@ def init_orthogonal_(model):
     return model
 
 
-def build_gan(arch, *, channels=3, image_size=32, width=1.0, z_dim=128, g_spectral_norm=False, init="ortho",
-              num_classes=0, conditional_g=None, d_head="scalar", d_spectral_norm=None, g_gaussians=False):
+def build_gan(arch: str, *, channels: int = 3, image_size: int = 32, width: float = 1.0, z_dim: int = 128,
+              g_spectral_norm: bool = False, init: str = "ortho", num_classes: int = 0,
+              conditional_g: Optional[bool] = None, d_head: str = "scalar", d_spectral_norm: Optional[bool] = None,
+              g_gaussians: bool = False) -> Tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"
     ("bagan" always has its own, Keras', init).
 

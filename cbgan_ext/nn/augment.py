@@ -7,6 +7,8 @@
 Each call draws fresh parameters (from ``generator`` or torch's global generator, as the reference draws
 them); ``forward(x, params)`` replays given ones. It has no state and applies in train and eval mode alike.
 """
+from typing import Optional, Sequence, Union
+
 import torch
 from torch import nn
 
@@ -14,8 +16,13 @@ from ..ops.diff_augment import diff_augment as _fused, parse_policy, sample_diff
 
 
 class DiffAugment(nn.Module):
-    def __init__(self, policy="color,translation,cutout", *misuse, translation_ratio=0.125, cutout_ratio=0.5,
-                 channels_first=True, generator=None):
+    """DiffAugment (Zhao et al. 2020) of D's inputs on the fused op: ``DiffAugment(policy)(x)`` augments x
+    [B, C, H, W] (or [B, H, W, C] with ``channels_first=False``) with fresh parameters on every call;
+    ``forward(x, params)`` replays ``sample_params(x)``. Differentiable w.r.t. x; no state."""
+
+    def __init__(self, policy: Union[str, Sequence[str]] = "color,translation,cutout", *misuse,
+                 translation_ratio: float = 0.125, cutout_ratio: float = 0.5, channels_first: bool = True,
+                 generator: Optional[torch.Generator] = None):
         super().__init__()
         if isinstance(policy, torch.Tensor) or misuse:
             raise TypeError("DiffAugment is a module: DiffAugment(policy)(x); the reference's function "
@@ -35,7 +42,7 @@ class DiffAugment(nn.Module):
         """Parameters for x [B, C, H, W] (NCHW view, whatever channels_first says)."""
         return sample_diff_augment_params(x, self.groups, self.generator, self.translation_ratio, self.cutout_ratio)
 
-    def forward(self, x, params=None):
+    def forward(self, x: torch.Tensor, params=None) -> torch.Tensor:
         if not self.groups:
             return x
         if not self.channels_first:  # [B, H, W, C] as the reference's channels_first=False
@@ -44,7 +51,7 @@ class DiffAugment(nn.Module):
         return y.permute(0, 2, 3, 1) if not self.channels_first else y
 
 
-def diff_augment(x, policy="", channels_first=True):
+def diff_augment(x: torch.Tensor, policy: Union[str, Sequence[str]] = "", channels_first: bool = True) -> torch.Tensor:
     """DiffAugment_pytorch.py's ``DiffAugment(x, policy='', channels_first=True)`` on the fused op: fresh
     parameters from torch's global generator on every call, as the reference draws them."""
     if not isinstance(x, torch.Tensor):

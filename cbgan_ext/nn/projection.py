@@ -14,7 +14,11 @@ from .spectral_norm import SNLinear
 
 
 class ProjectionHead(nn.Module):
-    def __init__(self, in_features, num_classes, spectral_norm=True):
+    """The projection discriminator's head (Miyato & Koyama 2018): ψ(h) + Σ_k y_k ⟨h, E_k⟩ for features h
+    [B, L] and hard labels [B] or soft labels [B, K] (Softlabel-GAN), on the fused projection op; ψ and E are
+    spectrally normalised unless ``spectral_norm=False``."""
+
+    def __init__(self, in_features: int, num_classes: int, spectral_norm: bool = True):
         super().__init__()
         if int(in_features) < 1 or int(num_classes) < 1:
             raise ValueError(f"ProjectionHead: in_features and num_classes must be >= 1, got {in_features} "

@@ -31,6 +31,7 @@ one process's on the concatenated batch. (A plain ``dist.all_reduce`` would carr
 ranks' samples.) ``CBRegularizer(..., distributed=False)`` keeps each rank's statistics local.
 """
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -80,15 +81,22 @@ def _integer(name, v, lo):
 
 
 class CBRegularizer(nn.Module):
+    """CBGAN's class-balancing term (Eq. 7) on a classifier's logits of generated images, with the effective
+    class frequency N̂ kept across generator steps (Eq. 5); see the module docstring for the two weightings.
+
+    ``reg(logits)`` [B, K] returns the scaled term (add it to G's loss); ``reg.step()`` once per generator step.
+    """
+
     @classmethod
-    def recipe(cls, num_classes, **overrides):
+    def recipe(cls, num_classes: int, **overrides) -> "CBRegularizer":
         """The settings of the recorded CBGAN runs (docs/main-job: SNDCGAN, 2000 generator steps): the released
         code's weighting, λ = 5, the class statistics updated every 50 steps, and the term off for the first
         500 generator steps (until G draws shapes). ``overrides`` replace any of them."""
         return cls(num_classes, **{**dict(lam=5.0, update_every=50, weighting="official", start=500), **overrides})
 
-    def __init__(self, num_classes, lam, *, alpha=0.5, beta=None, update_every=2000, weighting="paper",
-                 init_count=50.0, start=0, distributed=True):
+    def __init__(self, num_classes: int, lam: float, *, alpha: float = 0.5, beta: Optional[float] = None,
+                 update_every: int = 2000, weighting: str = "paper", init_count: float = 50.0, start: int = 0,
+                 distributed: bool = True):
         super().__init__()
         self.distributed = bool(distributed)
         _integer("num_classes", num_classes, 1)
@@ -159,7 +167,7 @@ class CBRegularizer(nn.Module):
     def scale(self):
         return self.lam / self.num_classes if self.weighting == "paper" else self.lam
 
-    def forward(self, logits):
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"CBRegularizer: expected classifier logits [B, {self.num_classes}], "
                              f"got shape {tuple(logits.shape)}")
@@ -180,7 +188,7 @@ class CBRegularizer(nn.Module):
         return out
 
     @torch.no_grad()
-    def step(self):
+    def step(self) -> None:
         """Call once after each generator step; every ``update_every`` calls after ``start`` the statistics
         update."""
         self.num_steps += 1

@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 from types import SimpleNamespace
+from typing import Optional
 
 import torch
 import torchvision
@@ -79,6 +80,10 @@ def check_classifier(model, x, num_classes, what):
 
 
 class GANTrainer(TrainLoop):
+    """Trains one method of the registry on ``dataset`` into the run directory ``out`` (resuming what is
+    there, refusing other settings): ``GANTrainer(data, "runs/x", method="cbgan", classifier=clf, steps=...)``
+    then ``.run()``; ``.generate(n)`` samples the EMA generator. ``settings`` are ``train.options.OPTIONS``."""
+
     resume_may_change = _LOOP_ONLY
     settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
                             "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
@@ -86,8 +91,9 @@ class GANTrainer(TrainLoop):
                             "acgan_aux": "real+fake"}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
-    def __init__(self, dataset, out, *, method="cbgan", classifier=None, annotator=None, eval_images=None,
-                 device="cpu", deterministic=False, progress=True, sync_bn=False, soft_labels=None, **settings):
+    def __init__(self, dataset, out: str, *, method: str = "cbgan", classifier: Optional[torch.nn.Module] = None,
+                 annotator: Optional[str] = None, eval_images=None, device: str = "cpu", deterministic: bool = False,
+                 progress: bool = True, sync_bn: bool = False, soft_labels: Optional[torch.Tensor] = None, **settings):
         cls = get_method(method)
         s = opts.resolve(cls.defaults, **settings)
         cb_reg = cls.cb_regularizer if s["cb_reg"] is None else bool(s["cb_reg"])
