@@ -155,6 +155,18 @@ def bagan_readme():
     return "\n".join(lines)
 
 
+def acgan_trial():
+    with open(os.path.join(DOCS, "bagan", "acgan_trial.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    term = {"real": "reals only (Keras' example)", "real+fake": "reals and fakes (the paper)"}
+    lines = ["| seed | D's class term | steps | class consistency (1000 images) | FD-annotator |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {term[r['acgan_aux']]} | {r['steps']} | {r['class_consistency']:.3f} | "
+                     f"{r['fd']:.2f} |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------ Softlabel section
 _SL_ROWS = (("class consistency (200 asked for each class) ↑", lambda r, m: r["eval"][m]["class_consistency"]),
             ("FD-annotator ↓", lambda r, m: r["eval"][m]["fd"]),
@@ -213,8 +225,9 @@ def times(study):
 
 
 TABLES = {"cbgan-seeds": cbgan_seeds, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
-          "bagan-readme": bagan_readme, "softlabel-seeds": softlabel_seeds, "softlabel-readme": softlabel_readme,
-          "bagan-time": lambda: times("bagan"), "softlabel-time": lambda: times("softlabel")}
+          "bagan-readme": bagan_readme, "acgan-trial": acgan_trial, "softlabel-seeds": softlabel_seeds,
+          "softlabel-readme": softlabel_readme, "bagan-time": lambda: times("bagan"),
+          "softlabel-time": lambda: times("softlabel")}
 
 
 def render(text):
