@@ -162,7 +162,7 @@ def _check_subset_fits(args):
     if over:
         raise UsageError(f"--n-max: the {args.profile!r} profile at n_max {scale} asks for {list(asked)} images a "
                          f"class, more than {args.dataset}'s training split holds for classes {over} "
-                         f"({[have[c] for c in over]}); expected --n-max <= {min(have)}")
+                         f"({[have[c] for c in over]}); expected a smaller --n-max")
 
 
 def _check_writable(flag, path, create=False):
