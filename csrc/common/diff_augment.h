@@ -151,6 +151,20 @@ HOST_DEVICE bool da_cut_before(const DAProgram& p, int end) {
   return false;
 }
 
+// The rows [r[0], r[1]) and columns [r[2], r[3]) of stage lo's output that stage hi's input reads (lo < hi; lo = -1:
+// of x): the frame moved by each translation in between; empty only when they move everything out of it.
+HOST_DEVICE void da_visible_rect(const DAProgram& p, const int* v, int lo, int hi, int H, int W, int* r) {
+  r[0] = 0, r[1] = H, r[2] = 0, r[3] = W;
+  for (int s = hi - 1; s > lo; --s) {
+    if (p.type[s] != kDATranslation) continue;
+    const int* u = v + 4 * s;
+    r[0] = r[0] + u[0] > 0 ? r[0] + u[0] : 0;
+    r[1] = r[1] + u[0] < H ? r[1] + u[0] : H;
+    r[2] = r[2] + u[1] > 0 ? r[2] + u[1] : 0;
+    r[3] = r[3] + u[1] < W ? r[3] + u[1] : W;
+  }
+}
+
 // Bit s set: colour stage s of sample b reads a non-finite value (see the top of this file). v from
 // da_stage_params for every stage, means as for da_coef.
 template <typename acc_t>
@@ -162,18 +176,9 @@ HOST_DEVICE uint32_t da_poison(const DAProgram& p, const int* v, const acc_t* me
     if (p.type[q] != kDAColor) continue;
     bool bad = !da_finite(means[p.pidx[q] * B + b]);
     if (prev >= 0 && ((bits >> prev) & 1u)) {
-      // the rows and columns of stage prev's output that stage q's input reads: a rectangle, empty only when
-      // the translations between them move everything out of the frame
-      int r0 = 0, r1 = H, c0 = 0, c1 = W;
-      for (int s = q - 1; s > prev; --s) {
-        if (p.type[s] != kDATranslation) continue;
-        const int* u = v + 4 * s;
-        r0 = r0 + u[0] > 0 ? r0 + u[0] : 0;
-        r1 = r1 + u[0] < H ? r1 + u[0] : H;
-        c0 = c0 + u[1] > 0 ? c0 + u[1] : 0;
-        c1 = c1 + u[1] < W ? c1 + u[1] : W;
-      }
-      bad = bad || (r0 < r1 && c0 < c1);
+      int r[4];
+      da_visible_rect(p, v, prev, q, H, W, r);
+      bad = bad || (r[0] < r[1] && r[2] < r[3]);
     }
     if (bad) bits |= 1u << q;
     prev = q;

@@ -253,26 +253,18 @@ struct Runner {
   }
 
   // 0, or NaN when x holds a non-finite value where the first colour stage `end` reads it (x·0 under a cutout
-  // in the reference: the stage's mean is NaN; the traced sum above skips cut pixels). The pixels of x that stage
-  // `end` reads form a rectangle: the frame moved by each translation before it.
+  // in the reference: the stage's mean is NaN; the traced sum above skips cut pixels).
   acc_t cut_poison(int end, int64_t b) const {
     if (end != da_first_color(p) || !da_cut_before(p, end)) return acc_t(0);
-    int64_t r0 = 0, r1 = H, c0 = 0, c1 = W;
-    for (int s = end - 1; s >= 0; --s) {
-      if (p.type[s] != kDATranslation) continue;
-      const int64_t* u = trans + (p.pidx[s] * B + b) * 2;
-      r0 = std::max<int64_t>(r0 + p.sign * u[0], 0);
-      r1 = std::min<int64_t>(r1 + p.sign * u[0], H);
-      c0 = std::max<int64_t>(c0 + p.sign * u[1], 0);
-      c1 = std::min<int64_t>(c1 + p.sign * u[1], W);
-    }
-    if (r0 >= r1 || c0 >= c1) return acc_t(0);
+    int v[4 * kDAMaxStages], r[4];
+    for (int s = 0; s < end; ++s) da_stage_params(p, s, trans, cut, b, B, H, W, v + 4 * s);
+    da_visible_rect(p, v, -1, end, static_cast<int>(H), static_cast<int>(W), r);
     LaneSum<acc_t> s;  // non-finite exactly when some summand is (or the sum overflows, as the reference's mean)
-    for (int64_t i = r0; i < r1; ++i) {
+    for (int64_t i = r[0]; i < r[1] && r[2] < r[3]; ++i) {
       if (nhwc)
-        s.add(x + ((b * H + i) * W + c0) * C, (c1 - c0) * C);
+        s.add(x + ((b * H + i) * W + r[2]) * C, (r[3] - r[2]) * C);
       else
-        for (int64_t c = 0; c < C; ++c) s.add(x + ((b * C + c) * H + i) * W + c0, c1 - c0);
+        for (int64_t c = 0; c < C; ++c) s.add(x + ((b * C + c) * H + i) * W + r[2], r[3] - r[2]);
     }
     return acc_t(0) * s.total();
   }
