@@ -143,24 +143,22 @@ def _check_dataset_args(args):
 
 def _check_subset_fits(args):
     """The long-tailed subset the flags ask for fits the training split (known for the public datasets)."""
-    from .data.long_tailed import SOFTLABEL_DEFAULT_N, SOFTLABEL_PROFILES, long_tailed_counts
+    from .data.long_tailed import subset_counts
     from .data.sources import SPLIT_COUNTS
     if args.n_max is not None and args.n_max < 1:
         raise UsageError(f"--n-max: expected a positive integer, got {args.n_max}")
     have = SPLIT_COUNTS.get((args.dataset, "train"))
-    if have is None or (args.imbalance == 1.0 and args.profile in ("exp", "step") and args.n_max is None):
+    if have is None:
         return
-    scale = args.n_max
-    if scale is None:
-        scale = SOFTLABEL_DEFAULT_N if args.profile in SOFTLABEL_PROFILES else min(have)
     try:
-        asked = long_tailed_counts(scale, len(have), args.imbalance, args.profile, seed=args.seed,
-                                   minority_class=args.minority_class, drop_fraction=args.drop_fraction)
+        asked = subset_counts(have, args.imbalance, args.profile, args.n_max, seed=args.seed,
+                              minority_class=args.minority_class, drop_fraction=args.drop_fraction)
     except ValueError as e:
         raise UsageError(f"--n-max/--imbalance/--profile: {e}") from None
-    over = [c for c, (n, m) in enumerate(zip(asked, have)) if n > m]
+    over = [] if asked is None else [c for c, (n, m) in enumerate(zip(asked, have)) if n > m]
     if over:
-        raise UsageError(f"--n-max: the {args.profile!r} profile at n_max {scale} asks for {list(asked)} images a "
+        scale = "its default n_max" if args.n_max is None else f"n_max {args.n_max}"
+        raise UsageError(f"--n-max: the {args.profile!r} profile at {scale} asks for {list(asked)} images a "
                          f"class, more than {args.dataset}'s training split holds for classes {over} "
                          f"({[have[c] for c in over]}); expected a smaller --n-max")
 

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .long_tailed import (PROFILES, SELECTIONS, SOFTLABEL_DEFAULT_N, SOFTLABEL_PROFILES, long_tailed_counts,
-                          long_tailed_indices, minority_classes)
+from .long_tailed import PROFILES, SELECTIONS, long_tailed_indices, minority_classes, subset_counts
 from .sources import SOURCES
 
 RESIZE_MODES = ("auto", "pad", "resize")
@@ -164,15 +163,10 @@ def get_dataset(name: str, split: str = "train", root: Optional[str] = None, ima
         minority_class = m[0] if len(m) == 1 else list(m)
 
     full_counts = torch.bincount(labels, minlength=num_classes)
-    subset = not (rho == 1.0 and profile in ("exp", "step") and n_max is None)
     indices = None
-    counts_asked = None
-    if subset:
-        scale = n_max
-        if scale is None:
-            scale = SOFTLABEL_DEFAULT_N if profile in SOFTLABEL_PROFILES else int(full_counts.min())
-        counts_asked = long_tailed_counts(scale, num_classes, rho, profile, seed=seed, minority_class=minority_class,
-                                          drop_fraction=drop_fraction)
+    counts_asked = subset_counts(full_counts.tolist(), rho, profile, n_max, seed=seed, minority_class=minority_class,
+                                 drop_fraction=drop_fraction)
+    if counts_asked is not None:
         try:
             indices = long_tailed_indices(labels.numpy(), counts_asked, seed=seed, selection=selection)
         except ValueError as e:

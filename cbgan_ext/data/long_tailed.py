@@ -78,6 +78,19 @@ def minority_classes(minority_class, num_classes, what="minority_class"):
     return tuple(sorted(int(k) for k in items))
 
 
+def subset_counts(split_counts, imbalance_ratio=1.0, profile="exp", n_max=None, *, seed=0, minority_class=0,
+                  drop_fraction=None):
+    """The per-class counts a long-tailed subset of a split with ``split_counts`` images a class keeps, or None
+    when the whole split is used (ratio 1 with "exp"/"step" and no ``n_max``). ``n_max`` defaults to the
+    smallest class (5000, the paper's, for the Softlabel-GAN profiles)."""
+    if imbalance_ratio == 1.0 and profile in ("exp", "step") and n_max is None:
+        return None
+    if n_max is None:
+        n_max = SOFTLABEL_DEFAULT_N if profile in SOFTLABEL_PROFILES else int(min(split_counts))
+    return long_tailed_counts(n_max, len(split_counts), imbalance_ratio, profile, seed=seed,
+                              minority_class=minority_class, drop_fraction=drop_fraction)
+
+
 def long_tailed_counts(n_max, num_classes, imbalance_ratio=1.0, profile="exp", *, seed=0, minority_class=0,
                        drop_fraction=None):
     """Samples per class (a list of K ints) for a long-tailed profile; see the module docstring."""
