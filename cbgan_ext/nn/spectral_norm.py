@@ -170,15 +170,18 @@ def _parametrized_sn(module):
     return base, chain[0]
 
 
+def _take_over(module, cls):
+    """A ``cls`` object holding ``module``'s state as it is: the same Parameter and buffer objects (optimizers keep
+    working), its own copies of the hook/parameter dicts and sets."""
+    new = cls.__new__(cls)
+    new.__dict__ = {k: type(val)(val) if isinstance(val, (dict, set)) else val for k, val in module.__dict__.items()}
+    return new
+
+
 def _convert_parametrized(module, base, sn):
     # The same Parameter object becomes weight_orig and the buffers weight_u / weight_v (optimizers keep
     # working); the module passed in is left as it was.
-    cls = _CONVERT[base]
-    new = cls.__new__(cls)
-    state = {}
-    for k, val in module.__dict__.items():
-        state[k] = type(val)(val) if isinstance(val, (dict, set)) else val
-    new.__dict__ = state
+    new = _take_over(module, _CONVERT[base])
     others = {k: m for k, m in new._modules.items() if k != "parametrizations"}
     new._modules = type(new._modules)(others)
     weight = module.parametrizations["weight"].original
@@ -198,13 +201,8 @@ def _convert_one(module):
     key, fn = _torch_sn_hook(module)
     if cls is None or fn is None:
         return module
-    # Take the module over as it is: same Parameter and buffer objects (optimizers keep working), same other
-    # hooks; torch's state-dict hooks already reference fn, which becomes the layer's _sn.
-    new = cls.__new__(cls)
-    state = {}
-    for k, val in module.__dict__.items():
-        state[k] = type(val)(val) if isinstance(val, (dict, set)) else val  # own hook/param dicts and sets
-    new.__dict__ = state
+    # Same other hooks; torch's state-dict hooks already reference fn, which becomes the layer's _sn.
+    new = _take_over(module, cls)
     for hooks in ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_pre_hooks_always_called"):
         getattr(new, hooks, {}).pop(key, None)
     new._attach_spectral_norm(fn, hooks=False)
