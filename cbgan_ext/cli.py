@@ -657,7 +657,10 @@ def _configure_demo(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
                    "and write OUT/summary.md (mean and spread)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads in all (default: torch's, the cores)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes for the job's independent trainings, each with threads/jobs threads "
+                        "(default: 2 where 2 cores are available, else 1; 1 trains everything in this process)")
 
 
 @subcommand("demo", help="the main job: an annotator, then its sections (CBGAN and its baseline on long-tailed "
@@ -667,7 +670,8 @@ def _configure_demo(p):
 def _run_demo(args):
     positive = float_check(0, lo_open=True)
     check_args(args, steps=int_check(1), classifier_epochs=positive, annotator_epochs=positive, gan_width=positive,
-               final_samples=int_check(2), lam=float_check(0), seed=int_check(0), threads=int_check(1))
+               final_samples=int_check(2), lam=float_check(0), seed=int_check(0), threads=int_check(1),
+               jobs=int_check(1))
     from .train.methods import method_names
     methods = None
     if args.methods:
@@ -698,7 +702,9 @@ def _run_demo(args):
                               ("--weighting", args.weighting), ("--lam", args.lam)) if v is not None]
     if cb_only and "cbgan" not in sections:
         raise UsageError(f"{', '.join(cb_only)}: set the cbgan section, and --sections has no cbgan")
+    from .pipeline import default_jobs
     kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads,
+              jobs=default_jobs() if args.jobs is None else args.jobs,
               classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)

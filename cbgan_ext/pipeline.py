@@ -31,8 +31,10 @@ from .train.evaluate import Evaluator
 from .train.gan import GANTrainer
 from .train.methods import get_method, method_names
 
-_CLASSIFIER = dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="auto")
-_ANNOTATOR = dict(loss="ce", epochs=2, width=0.5, depth=32, lr_schedule="cosine", amp="auto")
+# eval_every 0: the test split once, at the end (every epoch cost as much as training the Softlabel classifier)
+_CLASSIFIER = dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="auto",
+                   eval_every=0)
+_ANNOTATOR = dict(loss="ce", epochs=2, width=0.5, depth=32, lr_schedule="cosine", amp="auto", eval_every=0)
 # The released code's weighting (bounded by K; the paper's w = 1/N_k explodes for a class the generator stops
 # drawing), a short cycle for a short run, and the term from step 500, once G draws shapes (from the first step
 # it paints classifier-pleasing stripes before any garment). The README's cbgan recording says what was tried.
@@ -62,7 +64,7 @@ SOFTLABEL_METHODS = ("softlabel-gan", "diffaug-gan", "smooth-gan")
 _SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal", eval_samples=2000,
                   lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
-                                  amp="auto"),
+                                  amp="auto", eval_every=0),
                   gan=dict(width=0.125, batch_size=64, n_dis=2, steps=2000, ema_start=1000,
                            ema_decay=0.995, real_sampling="balanced", eval_every=0, sample_every=0, ckpt_every=100,
                            log_every=50))
@@ -165,18 +167,33 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
     return cfg
 
 
-def run(out="runs/demo", *, preset="default", seed=0, threads=None, progress=True, **overrides):
+def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, progress=True, **overrides):
+    """The main job in ``out`` (resumed when it exists). ``jobs`` > 1 trains the job's independent stages in that
+    many worker processes first (each with ``threads // jobs`` threads, at least one; their output in
+    ``out/logs``), then the report pass finds them done."""
     resolve_config(preset, **overrides)  # settings checked before the folder is made
+    if int(jobs) < 1:
+        raise ValueError(f"demo: jobs must be >= 1, got {jobs!r}")
     out = os.path.abspath(out)  # the runs' configs name their annotator and classifier from anywhere
     os.makedirs(out, exist_ok=True)
     lock = ckpt.RunLock(ckpt.lock_path(os.path.join(out, "job")), f"main-job directory {out}").acquire()
     try:
-        return _run(out, preset=preset, seed=seed, threads=threads, progress=progress, **overrides)
+        return _run(out, preset=preset, seed=seed, threads=threads, jobs=int(jobs), progress=progress, **overrides)
     finally:
         lock.release()
 
 
-def _run(out, *, preset, seed, threads, progress, **overrides):
+def default_jobs():
+    """Worker processes for ``demo`` when not given: two where two CPU cores are available (two one-thread trainings
+    side by side do more work than one two-thread training), else one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
+
+
+def _run(out, *, preset, seed, threads, jobs, progress, **overrides):
     cfg = resolve_config(preset, **overrides)
     if threads:
         torch.set_num_threads(int(threads))
@@ -185,18 +202,18 @@ def _run(out, *, preset, seed, threads, progress, **overrides):
 
     _log(f"1/5 data: {cfg['dataset']} at {cfg['image_size']}px (preset {preset}, seed {seed}, sections "
          f"{', '.join(cfg['sections'])})")
-    train = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
-                        seed=seed)
+    if jobs > 1:
+        run_stages(_stages(out, cfg, seed), jobs=jobs, threads=max(1, torch.get_num_threads() // jobs),
+                   log_dir=os.path.join(out, "logs"))
+    train = _cbgan_data(cfg, seed)
     cbgan = "cbgan" in cfg["sections"]
     clf = None
     if cbgan:
         _log(f"    long-tailed (ρ={cfg['imbalance']:g}) train counts {list(train.class_counts)}")
         _log("2/5 classifier in the loop (long-tailed data)")
-        clf = _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
-                          image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
+        clf = _loop_classifier(out, cfg, seed, threads)
     _log("3/5 annotator (balanced data)")
-    ann = _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
-                      image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads)
+    ann = _annotator(out, cfg, seed, threads)
     acc = {name: {k: m.checkpoint_info.get(k) for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
            for name, m in (("classifier", clf), ("annotator", ann)) if m is not None}
     _log("    " + ", ".join(f"{k} balanced accuracy {v['balanced_accuracy']:.3f}" for k, v in acc.items()))
@@ -204,30 +221,14 @@ def _run(out, *, preset, seed, threads, progress, **overrides):
         _log(f"    warning: the classifier in the loop is below {BALANCED_ACCURACY_NEEDED:.0%} balanced accuracy; "
              "CBGAN balances only as well as it classifies")
 
-    g = cfg["gan"]
     evaluator = None
     if cbgan:
-        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
+        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=cfg["gan"]["eval_samples"])
     results = {}
     for i, method in enumerate(cfg["methods"] if cbgan else ()):
         _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
-        needs_clf = get_method(method).cb_regularizer
-        trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
-                             annotator=ann, seed=seed, progress=progress, sample_every=g["eval_every"],
-                             ckpt_every=max(1, g["eval_every"] // 2), fid="annotator",
-                             **{k: v for k, v in g.items() if k not in _CB_SETTINGS or needs_clf})
-        trainer.evaluator = evaluator
-        trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
-                              classifier=os.path.join(out, "classifier.pt") if needs_clf else None)
-        best = trainer.run()
-        # the selection rule: the final EMA generator, for every method
-        res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
-                        n=cfg["final_samples"], seed=2024)
-        res.update(step=trainer.step, best_fd_step=None if best is None else best["step"])
-        results[method] = res
-        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
-        torchvision.utils.save_image(fakes, os.path.join(out, f"samples_{method}.png"), nrow=10, normalize=True,
-                                     value_range=(-1, 1))
+        results[method] = res = cbgan_method(out, cfg, seed, method, progress, train=train, clf=clf, ann=ann,
+                                             evaluator=evaluator)
         _log(f"    {method}: KL {res['kl']:.4f}, FD-annotator {res['fd']:.2f}, histogram {res['histogram']}")
 
     bagan = softlabel = None
@@ -241,36 +242,106 @@ def _run(out, *, preset, seed, threads, progress, **overrides):
     return results
 
 
+# ---- the job's units: each trains what is missing (resuming), evaluates what is not cached, and returns its
+# result; the serial pass and the worker processes call the same functions.
+
+def _cbgan_data(cfg, seed):
+    return get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
+                       seed=seed)
+
+
+def _loop_classifier(out, cfg, seed, threads=None):
+    return _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
+                       image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
+
+
+def _annotator(out, cfg, seed, threads=None):
+    return _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
+                       image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads)
+
+
+def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None, ann=None, evaluator=None):
+    """One method of the cbgan section: trained (the classifier in the loop for methods with the CB regularizer),
+    its final EMA generator evaluated on ``final_samples`` images (cached in its run directory), its grid saved."""
+    g = cfg["gan"]
+    train = train if train is not None else _cbgan_data(cfg, seed)
+    needs_clf = get_method(method).cb_regularizer
+    if needs_clf and clf is None:
+        clf = load_classifier(os.path.join(out, "classifier.pt"))
+    ann = ann if ann is not None else load_classifier(os.path.join(out, "annotator.pt"))
+    if evaluator is None:
+        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
+    trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
+                         annotator=ann, seed=seed, progress=progress, sample_every=g["eval_every"],
+                         ckpt_every=max(1, g["eval_every"] // 2), fid="annotator",
+                         **{k: v for k, v in g.items() if k not in _CB_SETTINGS or needs_clf})
+    trainer.evaluator = evaluator
+    trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
+                          classifier=os.path.join(out, "classifier.pt") if needs_clf else None)
+    best = trainer.run()
+    ann_path = os.path.join(out, "annotator.pt")
+
+    def final():  # the selection rule: the final EMA generator, for every method
+        res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
+                        n=cfg["final_samples"], seed=2024)
+        return dict(res, step=trainer.step, best_fd_step=None if best is None else best["step"])
+    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=cfg["final_samples"], seed=2024)
+    res = _cached_eval(os.path.join(out, method, "final_eval.json"), key, final)
+    res.pop("eval_key", None)
+    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
+    torchvision.utils.save_image(fakes, os.path.join(out, f"samples_{method}.png"), nrow=10, normalize=True,
+                                 value_range=(-1, 1))
+    return res
+
+
 def bagan_section(out, cfg, seed, progress=True):
     """BAGAN vs ACGAN vs the minority-only GAN on the data with the minority class dropped (same seed, networks
-    and steps; final EMA generators): the generated images' per-class accuracy (the annotator of stage 3),
-    SSIM variability, and the augmented-classifier test (``augment_eval``), in ``out/bagan``."""
-    from .train.augment_eval import augment_eval
+    and steps; final generators): the generated images' per-class accuracy (the annotator of stage 3), SSIM
+    variability, and the augmented-classifier test (``augment_eval``), in ``out/bagan``."""
+    b = cfg["bagan"]
+    data = _bagan_data(cfg, seed)
+    _log(f"4b/5 BAGAN section: minority class {b['minority_class']} kept at {data.class_counts[b['minority_class']]} "
+         f"of {max(data.class_counts)} images")
+    evals = {}
+    for method in b["methods"]:
+        evals[method] = bagan_method(out, cfg, seed, method, progress, data=data)
+        _log(f"    {method}: minority accuracy {evals[method].get('minority_accuracy')}")
+    aug = bagan_augment(out, cfg, seed, progress)
+    return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
+
+
+def _bagan_data(cfg, seed):
+    b = cfg["bagan"]
+    return get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], profile="bagan", seed=seed,
+                       minority_class=b["minority_class"], drop_fraction=b["drop_fraction"])
+
+
+def bagan_method(out, cfg, seed, method, progress=True, data=None):
+    """One GAN of the BAGAN section: trained, evaluated (cached in its run directory), its grid saved."""
     from .train.gan import evaluate_run
     b = cfg["bagan"]
     ann_path = os.path.join(out, "annotator.pt")
-    data = get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], profile="bagan", seed=seed,
-                       minority_class=b["minority_class"], drop_fraction=b["drop_fraction"])
-    _log(f"4b/5 BAGAN section: minority class {b['minority_class']} kept at {data.class_counts[b['minority_class']]} "
-         f"of {max(data.class_counts)} images")
-    evals, dirs = {}, []
-    for method in b["methods"]:
-        d = os.path.join(out, "bagan", method)
-        if method in b["augment_methods"]:
-            dirs.append(d)
-        trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, **bagan_gan_settings(b, method))
-        trainer.config.update(annotator=ann_path)
-        trainer.run()
-        key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
-        evals[method] = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
-            d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
-        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
-        torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
-                                     normalize=True, value_range=(-1, 1))
-        _log(f"    {method}: minority accuracy {evals[method].get('minority_accuracy')}")
-    aug = augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
-                       rows=tuple(b["augment_rows"]), **b["augment"])
-    return {"eval": evals, "augment": aug, "class_counts": list(data.class_counts)}
+    d = os.path.join(out, "bagan", method)
+    data = data if data is not None else _bagan_data(cfg, seed)
+    trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, **bagan_gan_settings(b, method))
+    trainer.config.update(annotator=ann_path)
+    trainer.run()
+    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
+    res = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
+        d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
+    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
+    torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
+                                 normalize=True, value_range=(-1, 1))
+    return res
+
+
+def bagan_augment(out, cfg, seed, progress=True):
+    """The augmented-classifier test on the BAGAN section's data (its GANs trained first)."""
+    from .train.augment_eval import augment_eval
+    b = cfg["bagan"]
+    dirs = [os.path.join(out, "bagan", m) for m in b["methods"] if m in b["augment_methods"]]
+    return augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
+                        rows=tuple(b["augment_rows"]), **b["augment"])
 
 
 def bagan_gan_settings(b, method):
@@ -314,44 +385,153 @@ def softlabel_section(out, cfg, seed, threads=None, progress=True):
     section's profile, in ``out/softlabel``: FD-annotator, intra-FD per class, PRDC and intra-PRDC, class
     consistency (all with the annotator of stage 3), LPIPS and intra-LPIPS when their weights exist, and a bar chart
     of intra-FD per class sorted by training count."""
-    from .train.classifier import soft_labels
     sl = cfg["softlabel"]
     d = os.path.join(out, "softlabel")
-    os.makedirs(d, exist_ok=True)
-    data_kw = dict(profile=sl["profile"], image_size=cfg["image_size"], seed=seed)
-    if sl["profile"] == "exp":
-        data_kw["imbalance_ratio"] = cfg["imbalance"]
-    data = get_dataset(cfg["dataset"], "train", **data_kw)
+    data = _softlabel_data(cfg, seed)
     _log(f"4c/5 Softlabel section: {sl['profile']} profile, training counts {list(data.class_counts)}")
-    clf_path = os.path.join(d, "softlabel_classifier.pt")
-    clf = _classifier(clf_path, dataset=cfg["dataset"], imbalance=data_kw.get("imbalance_ratio", 1.0),
-                      image_size=cfg["image_size"], settings=dict(sl["classifier"], profile=sl["profile"]),
-                      seed=seed, threads=threads)
+    clf = softlabel_classifier(out, cfg, seed, threads)
     clf_acc = {k: clf.checkpoint_info.get(k) for k in ("accuracy", "balanced_accuracy", "per_class_accuracy")}
     _log(f"    soft-label classifier balanced accuracy {clf_acc['balanced_accuracy']:.3f}")
-    soft = soft_labels(clf_path, data)
-    ann_path = os.path.join(out, "annotator.pt")
     evals = {}
     for method in sl["methods"]:
-        md = os.path.join(d, method)
-        needs = get_method(method).needs_soft_labels
-        trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress,
-                             soft_labels=soft if needs else None, **sl["gan"])
-        trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
-        trainer.run()
-        key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=sl["eval_samples"],
-                   lpips_images=sl["lpips_images"])
-        evals[method] = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
-        fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
-        torchvision.utils.save_image(fakes, os.path.join(d, f"samples_{method}.png"), nrow=10, normalize=True,
-                                     value_range=(-1, 1))
-        r = evals[method]
+        evals[method] = r = softlabel_method(out, cfg, seed, method, progress, data=data)
         _log(f"    {method}: FD-annotator {_fmt(r['fd'])}, intra-FD {_fmt(r.get('intra_fd_mean'))} ± "
              f"{_fmt(r.get('intra_fd_std'))}, class consistency {_fmt(r.get('class_consistency'), 3)}")
     classes = list(getattr(data, "classes", range(data.num_classes)))
     plot_intra_fd(os.path.join(d, "intra_fd.png"), evals, list(data.class_counts), classes)
     return {"eval": evals, "class_counts": list(data.class_counts), "classes": [str(c) for c in classes],
             "soft_label_classifier": clf_acc, "settings": sl}
+
+
+def _softlabel_data_kw(cfg, seed):
+    sl = cfg["softlabel"]
+    kw = dict(profile=sl["profile"], image_size=cfg["image_size"], seed=seed)
+    if sl["profile"] == "exp":
+        kw["imbalance_ratio"] = cfg["imbalance"]
+    return kw
+
+
+def _softlabel_data(cfg, seed):
+    return get_dataset(cfg["dataset"], "train", **_softlabel_data_kw(cfg, seed))
+
+
+def softlabel_classifier(out, cfg, seed, threads=None):
+    """The Softlabel section's classifier (its soft labels label the training images)."""
+    sl, kw = cfg["softlabel"], _softlabel_data_kw(cfg, seed)
+    os.makedirs(os.path.join(out, "softlabel"), exist_ok=True)
+    return _classifier(os.path.join(out, "softlabel", "softlabel_classifier.pt"), dataset=cfg["dataset"],
+                       imbalance=kw.get("imbalance_ratio", 1.0), image_size=cfg["image_size"],
+                       settings=dict(sl["classifier"], profile=sl["profile"]), seed=seed, threads=threads)
+
+
+def softlabel_method(out, cfg, seed, method, progress=True, data=None):
+    """One GAN of the Softlabel section: trained (on the classifier's soft labels where the method uses them),
+    evaluated (cached in its run directory), its grid saved."""
+    from .train.classifier import soft_labels
+    sl = cfg["softlabel"]
+    d = os.path.join(out, "softlabel")
+    md = os.path.join(d, method)
+    clf_path = os.path.join(d, "softlabel_classifier.pt")
+    ann_path = os.path.join(out, "annotator.pt")
+    data = data if data is not None else _softlabel_data(cfg, seed)
+    needs = get_method(method).needs_soft_labels
+    trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress,
+                         soft_labels=soft_labels(clf_path, data) if needs else None, **sl["gan"])
+    trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
+    trainer.run()
+    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=sl["eval_samples"],
+               lpips_images=sl["lpips_images"])
+    res = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
+    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
+    torchvision.utils.save_image(fakes, os.path.join(d, f"samples_{method}.png"), nrow=10, normalize=True,
+                                 value_range=(-1, 1))
+    return res
+
+
+# ---- worker processes
+
+def _stages(out, cfg, seed):
+    """The job's units as (name, needs, function, args), longest chains first: ``run_stages`` starts the first
+    whose needs are done."""
+    secs, st = cfg["sections"], []
+    st.append(("annotator", (), _annotator, (out, cfg, seed)))
+    if "softlabel" in secs:
+        st.append(("softlabel/classifier", (), softlabel_classifier, (out, cfg, seed)))
+    if "cbgan" in secs:
+        st.append(("classifier", (), _loop_classifier, (out, cfg, seed)))
+    if "softlabel" in secs:
+        for m in cfg["softlabel"]["methods"]:
+            needs = ("annotator",) + (("softlabel/classifier",) if get_method(m).needs_soft_labels else ())
+            st.append((f"softlabel/{m}", needs, softlabel_method, (out, cfg, seed, m, False)))
+    if "cbgan" in secs:
+        for m in cfg["methods"]:
+            needs = ("annotator",) + (("classifier",) if get_method(m).cb_regularizer else ())
+            st.append((m, needs, cbgan_method, (out, cfg, seed, m, False)))
+    if "bagan" in secs:
+        b = cfg["bagan"]
+        for m in b["methods"]:
+            st.append((f"bagan/{m}", ("annotator",), bagan_method, (out, cfg, seed, m, False)))
+        st.append(("bagan/augment", tuple(f"bagan/{m}" for m in b["methods"] if m in b["augment_methods"]),
+                   bagan_augment, (out, cfg, seed, False)))
+    return st
+
+
+def run_stages(stages, *, jobs, threads=1, log_dir):
+    """Runs ``stages`` ((name, needs, function, args), in priority order) in up to ``jobs`` worker processes of
+    ``threads`` threads each, every stage's output in ``log_dir/<name>.log``. A failed stage stops the others (their
+    runs resume) and raises, naming the stage and its log."""
+    import multiprocessing as mp
+    import multiprocessing.connection
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools
+    os.makedirs(log_dir, exist_ok=True)
+    pending, done, running = list(stages), set(), {}
+    try:
+        while pending or running:
+            for stage in list(pending):
+                name, needs = stage[0], stage[1]
+                if len(running) >= jobs:
+                    break
+                if all(n in done for n in needs):
+                    log = os.path.join(log_dir, name.replace("/", "_") + ".log")
+                    p = ctx.Process(target=_stage_main, args=(stage[2], stage[3], threads, log), daemon=True)
+                    p.start()
+                    running[name] = (p, log, time.time())
+                    pending.remove(stage)
+                    _log(f"    started {name} ({threads} thread{'s' if threads > 1 else ''}; log {log})")
+            if not running:
+                raise RuntimeError("demo: stages wait for stages that never run: "
+                                   + ", ".join(f"{s[0]} needs {', '.join(s[1])}" for s in pending))
+            finished = mp.connection.wait([p.sentinel for p, _, _ in running.values()])
+            for name, (p, log, t) in list(running.items()):
+                if p.sentinel not in finished:
+                    continue
+                p.join()
+                del running[name]
+                if p.exitcode != 0:
+                    raise RuntimeError(f"demo: stage {name} failed ({_last_line(log)}); its log: {log}")
+                done.add(name)
+                _log(f"    done {name} in {(time.time() - t) / 60:.1f} min")
+    finally:
+        for p, _, _ in running.values():  # a failure or an interrupt: the others' runs resume next time
+            p.terminate()
+            p.join()
+
+
+def _stage_main(fn, args, threads, log):
+    with open(log, "a") as f:  # C++ and tqdm output too: the descriptors, not sys.stdout
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+    torch.set_num_threads(threads)
+    fn(*args)
+
+
+def _last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
 
 
 def _fmt(v, digits=2):
