@@ -110,13 +110,13 @@ def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads):
+def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads, progress=True):
     state = ckpt.load(path, what="classifier") if os.path.exists(path) else None
     if state is not None and state.get("finished", False):
         _check_finished_classifier(path, state, dict(dataset=dataset, imbalance_ratio=imbalance,
                                                      image_size=image_size, seed=seed, **settings))
     else:
-        train_classifier(path, resume=os.path.exists(path), progress=True, threads=threads, dataset=dataset,
+        train_classifier(path, resume=os.path.exists(path), progress=progress, threads=threads, dataset=dataset,
                          imbalance_ratio=imbalance, image_size=image_size, seed=seed, **settings)
     return load_classifier(path)
 
@@ -250,14 +250,16 @@ def _cbgan_data(cfg, seed):
                        seed=seed)
 
 
-def _loop_classifier(out, cfg, seed, threads=None):
+def _loop_classifier(out, cfg, seed, threads=None, progress=True):
     return _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
-                       image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads)
+                       image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads,
+                       progress=progress)
 
 
-def _annotator(out, cfg, seed, threads=None):
+def _annotator(out, cfg, seed, threads=None, progress=True):
     return _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
-                       image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads)
+                       image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads,
+                       progress=progress)
 
 
 def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None, ann=None, evaluator=None):
@@ -415,13 +417,14 @@ def _softlabel_data(cfg, seed):
     return get_dataset(cfg["dataset"], "train", **_softlabel_data_kw(cfg, seed))
 
 
-def softlabel_classifier(out, cfg, seed, threads=None):
+def softlabel_classifier(out, cfg, seed, threads=None, progress=True):
     """The Softlabel section's classifier (its soft labels label the training images)."""
     sl, kw = cfg["softlabel"], _softlabel_data_kw(cfg, seed)
     os.makedirs(os.path.join(out, "softlabel"), exist_ok=True)
     return _classifier(os.path.join(out, "softlabel", "softlabel_classifier.pt"), dataset=cfg["dataset"],
                        imbalance=kw.get("imbalance_ratio", 1.0), image_size=cfg["image_size"],
-                       settings=dict(sl["classifier"], profile=sl["profile"]), seed=seed, threads=threads)
+                       settings=dict(sl["classifier"], profile=sl["profile"]), seed=seed, threads=threads,
+                       progress=progress)
 
 
 def softlabel_method(out, cfg, seed, method, progress=True, data=None):
@@ -454,11 +457,11 @@ def _stages(out, cfg, seed):
     """The job's units as (name, needs, function, args), longest chains first: ``run_stages`` starts the first
     whose needs are done."""
     secs, st = cfg["sections"], []
-    st.append(("annotator", (), _annotator, (out, cfg, seed)))
+    st.append(("annotator", (), _annotator, (out, cfg, seed, None, False)))
     if "softlabel" in secs:
-        st.append(("softlabel/classifier", (), softlabel_classifier, (out, cfg, seed)))
+        st.append(("softlabel/classifier", (), softlabel_classifier, (out, cfg, seed, None, False)))
     if "cbgan" in secs:
-        st.append(("classifier", (), _loop_classifier, (out, cfg, seed)))
+        st.append(("classifier", (), _loop_classifier, (out, cfg, seed, None, False)))
     if "softlabel" in secs:
         for m in cfg["softlabel"]["methods"]:
             needs = ("annotator",) + (("softlabel/classifier",) if get_method(m).needs_soft_labels else ())

@@ -25,6 +25,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..nn import SNConv2d
+from ..nn.upsample_conv import UpsampleConv2d
 from .gan import _Discriminator
 
 LATENT = 100  # the released code's latent_size
@@ -70,8 +71,9 @@ class BAGANGenerator(nn.Module):
         layers, res, cin = [], r, c0
         while res < image_size:
             cout = _c(256, width) if res < image_size / 2 else _c(128, width)
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 5, 1, 2, bias=False),
-                       nn.ReLU(inplace=True)]
+            # nearest ×2 then 5×5 conv as one module (2.8× fewer multiply-adds); the Identity keeps the
+            # parameter names of the released layout (upsample, conv, ReLU)
+            layers += [nn.Identity(), UpsampleConv2d(cin, cout, 5, bias=False), nn.ReLU(inplace=True)]
             res, cin = res * 2, cout
         self.blocks = nn.Sequential(*layers)
         self.out = nn.Conv2d(cin, channels, 2, 1, 0, bias=False)

@@ -21,6 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from ..nn import ProjectionHead, SNConv2d, SNLinear
+from ..nn.upsample_conv import upsample_conv2d
 
 SN_EPS = 1e-8
 G_TABLE = {32: (4, 4, 4, 4), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1)}  # in of each block, then out
@@ -71,9 +72,10 @@ class GBlock(nn.Module):
         self.shortcut = _sn_conv(cin, cout, 1)
 
     def forward(self, x, y):
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
-        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+        # nearest ×2 then conv1 (and then the shortcut's 1×1 conv), computed without the upsampled tensors
+        h = upsample_conv2d(F.relu(self.bn1(x, y)), self.conv1.forward_weight(), self.conv1.bias)
+        h = self.conv2(F.relu(self.bn2(h, y)))
+        return h + upsample_conv2d(x, self.shortcut.forward_weight(), self.shortcut.bias)
 
 
 class DBlock(nn.Module):

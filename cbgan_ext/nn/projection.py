@@ -47,7 +47,7 @@ class ProjectionHead(nn.Module):
         psi = self.psi(h).squeeze(1)
         # Under autocast ψ(h) and h may be half while V is float32: the fused op wants one dtype.
         # V is read directly (not through embed.forward): run the layer's SN step (power iteration in training).
-        V = self.embed._spectral_norm_forward_weight() if self.spectral_norm else self.embed.weight
+        V = self.embed.forward_weight() if self.spectral_norm else self.embed.weight
         E = V.t().to(h.dtype)
         if y.is_floating_point():
             y = y.to(h.dtype)

@@ -77,6 +77,11 @@ class _SpectralNormMixin:
         return _spectral_norm_weight_module(self.weight_orig, self.weight_u, self.weight_v, self._sn.dim, 0,
                                             self._sn.eps)[0]
 
+    def forward_weight(self):
+        """The W_sn this module's forward would use, with its side effects (in training mode, the power iteration
+        updates u, v): for code that applies the layer's weight itself (a fused upsample-conv, a projection)."""
+        return self._spectral_norm_forward_weight()
+
     def _spectral_norm_forward_weight(self):
         # What torch's forward pre-hook does, fused: the weight this forward uses.
         cache = self._sn_cache
