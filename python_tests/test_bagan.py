@@ -14,6 +14,7 @@ from torch import nn
 from cbgan_ext.data import ImageDataset, long_tailed_counts, minority_classes
 from cbgan_ext.models import build_gan
 from cbgan_ext.models.bagan import BAGANGenerator, BAGANTrunk, latent_resolution
+from cbgan_ext.nn import UpsampleConv2d
 from cbgan_ext.train.gan import GANTrainer
 from cbgan_ext.train.loop import ConfigMismatchError
 from cbgan_ext.train.methods import get_method
@@ -54,7 +55,8 @@ def test_decoder_layers_match_the_released_code():
     convs = [m for m in G.blocks if isinstance(m, nn.Conv2d)]
     assert [(m.in_channels, m.out_channels, m.kernel_size, m.bias) for m in convs] == \
         [(128, 256, (5, 5), None), (256, 128, (5, 5), None)]
-    assert sum(isinstance(m, nn.Upsample) for m in G.blocks) == 2
+    # each 5x5 conv upsamples its input first (nearest x2, fused: test_upsample_conv.py checks the pair)
+    assert sum(isinstance(m, UpsampleConv2d) for m in G.blocks) == 2
     assert (G.out.out_channels, G.out.kernel_size, G.out.bias) == (3, (2, 2), None)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in G.modules())
     narrow = BAGANGenerator(z_dim=100, channels=1, image_size=32, width=0.25)
