@@ -170,7 +170,8 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
 def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, progress=True, **overrides):
     """The main job in ``out`` (resumed when it exists). ``jobs`` > 1 trains the job's independent stages in that
     many worker processes first (each with ``threads // jobs`` threads, at least one; their output in
-    ``out/logs``), then the report pass finds them done."""
+    ``out/logs``), then the report pass finds them done. The workers are spawned, so they import the calling
+    script: call it under ``if __name__ == "__main__":``."""
     resolve_config(preset, **overrides)  # settings checked before the folder is made
     if int(jobs) < 1:
         raise ValueError(f"demo: jobs must be >= 1, got {jobs!r}")
