@@ -660,7 +660,8 @@ def _configure_demo(p):
     p.add_argument("--threads", type=int, default=None, help="CPU threads in all (default: torch's, the cores)")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes for the job's independent trainings, each with threads/jobs threads "
-                        "(default: 2 where 2 cores are available, else 1; 1 trains everything in this process)")
+                        "(default: 2 where 2 cores are available, else 1; at most --threads; 1 trains everything in "
+                        "this process)")
 
 
 @subcommand("demo", help="the main job: an annotator, then its sections (CBGAN and its baseline on long-tailed "

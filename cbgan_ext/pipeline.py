@@ -169,8 +169,8 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
 
 def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, progress=True, **overrides):
     """The main job in ``out`` (resumed when it exists). ``jobs`` > 1 trains the job's independent stages in that
-    many worker processes first (each with ``threads // jobs`` threads, at least one; their output in
-    ``out/logs``), then the report pass finds them done. The workers are spawned, so they import the calling
+    many worker processes first (each with ``threads // jobs`` threads; ``jobs`` is capped at ``threads``; their
+    output in ``out/logs``), then the report pass finds them done. The workers are spawned, so they import the calling
     script: call it under ``if __name__ == "__main__":``."""
     resolve_config(preset, **overrides)  # settings checked before the folder is made
     if int(jobs) < 1:
@@ -203,6 +203,7 @@ def _run(out, *, preset, seed, threads, jobs, progress, **overrides):
 
     _log(f"1/5 data: {cfg['dataset']} at {cfg['image_size']}px (preset {preset}, seed {seed}, sections "
          f"{', '.join(cfg['sections'])})")
+    jobs = min(jobs, int(threads)) if threads else jobs  # --threads is the whole job's
     if jobs > 1:
         run_stages(_stages(out, cfg, seed), jobs=jobs, threads=max(1, torch.get_num_threads() // jobs),
                    log_dir=os.path.join(out, "logs"))
@@ -288,7 +289,8 @@ def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None,
         res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
                         n=cfg["final_samples"], seed=2024)
         return dict(res, step=trainer.step, best_fd_step=None if best is None else best["step"])
-    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=cfg["final_samples"], seed=2024)
+    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=cfg["final_samples"], seed=2024,
+               evaluator_n=g["eval_samples"])
     res = _cached_eval(os.path.join(out, method, "final_eval.json"), key, final)
     res.pop("eval_key", None)
     fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
@@ -497,7 +499,8 @@ def run_stages(stages, *, jobs, threads=1, log_dir):
                     break
                 if all(n in done for n in needs):
                     log = os.path.join(log_dir, name.replace("/", "_") + ".log")
-                    p = ctx.Process(target=_stage_main, args=(stage[2], stage[3], threads, log), daemon=True)
+                    p = ctx.Process(target=_stage_main, args=(stage[2], stage[3], threads, log, os.getpid()),
+                                    daemon=True)
                     p.start()
                     running[name] = (p, log, time.time())
                     pending.remove(stage)
@@ -521,12 +524,26 @@ def run_stages(stages, *, jobs, threads=1, log_dir):
             p.join()
 
 
-def _stage_main(fn, args, threads, log):
+def _stage_main(fn, args, threads, log, parent):
+    _die_with_parent(parent)
     with open(log, "a") as f:  # C++ and tqdm output too: the descriptors, not sys.stdout
         os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
     torch.set_num_threads(threads)
     fn(*args)
+
+
+def _die_with_parent(parent):
+    """A worker whose job is killed (SIGTERM, SIGKILL: no ``finally`` runs there) stops too, instead of training on
+    while holding its run's lock (Linux; elsewhere a no-op)."""
+    import signal
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the call
+        os._exit(1)
 
 
 def _last_line(path):

@@ -325,12 +325,14 @@ def test_resume_drops_log_records_past_the_checkpoint_and_stale_temp_files(tmp_p
     with open(tmp_path / "p" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"event": "train", "step": 4, "loss_d": 1.0}) + "\n")
         f.write('{"event": "train", "st')  # torn by the kill
-    (tmp_path / "p" / ".tmp-abc.pt").write_bytes(b"x" * 100)
+    (tmp_path / "p" / ".tmp-checkpoint.pt-abc.pt").write_bytes(b"x" * 100)
+    # another file's write in progress in the same folder (the main job's classifiers share one) is left alone
+    (tmp_path / "p" / ".tmp-annotator.pt-xyz.pt").write_bytes(b"x" * 100)
     _trainer(tmp_path / "p", 5, ckpt_every=3, eval_every=0).run()
     steps = [json.loads(line)["step"] for line in open(tmp_path / "p" / "metrics.jsonl")
              if json.loads(line)["event"] == "train"]
     assert steps == [1, 2, 3, 4, 5]
-    assert not list((tmp_path / "p").glob(".tmp-*"))
+    assert [p.name for p in (tmp_path / "p").glob(".tmp-*")] == [".tmp-annotator.pt-xyz.pt"]
     assert state["step"] == 5
 
 

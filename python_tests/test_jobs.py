@@ -3,6 +3,9 @@ stages started only after what they need, and a failed stage named with its log 
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -61,3 +64,35 @@ def test_a_failed_stage_stops_the_others(tmp_path):
     with pytest.raises(RuntimeError, match="stage broken failed"):
         pipeline.run_stages(stages, jobs=2, log_dir=str(tmp_path / "logs"))
     assert time.time() - t0 < 60  # not left to sleep its 120 s
+
+
+def _write_pid_and_sleep(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_workers_stop_when_the_job_is_killed(tmp_path):
+    """SIGKILL runs no cleanup in the job: its workers must still stop (they hold their runs' locks)."""
+    pid_file = tmp_path / "worker.pid"
+    code = ("import sys; from cbgan_ext import pipeline; import test_jobs\n"
+            "if __name__ == '__main__':\n"
+            f"    pipeline.run_stages([('w', (), test_jobs._write_pid_and_sleep, ({str(pid_file)!r},))], jobs=1, "
+            f"log_dir={str(tmp_path / 'logs')!r})\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    job = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived its killed job")

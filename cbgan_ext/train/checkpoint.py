@@ -50,7 +50,8 @@ def save_atomic(obj, path):
     moment leaves either the old checkpoint or the new one, never a torn file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    # named after its target: a trainer clears only its own leftovers, not a neighbour's write in progress
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", suffix=".pt", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -216,8 +216,10 @@ class TrainLoop:
         state, error = None, None
         if self.is_main:
             folder = os.path.dirname(os.path.abspath(self.ckpt_path))
-            for tmp in glob.glob(os.path.join(folder, ".tmp-*.pt")):  # left by a kill during a checkpoint write
-                os.unlink(tmp)
+            # left by a kill during a write of this run's files (other files of the folder may be mid-write)
+            for target in {self.ckpt_path, getattr(self, "best_path", None)} - {None}:
+                for tmp in glob.glob(os.path.join(folder, f".tmp-{glob.escape(os.path.basename(target))}-*.pt")):
+                    os.unlink(tmp)
             try:
                 if os.path.exists(self.ckpt_path):
                     state = ckpt.load(self.ckpt_path, map_location="cpu" if self.world_size > 1 else self.device)
