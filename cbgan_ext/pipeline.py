@@ -293,9 +293,7 @@ def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None,
                evaluator_n=g["eval_samples"])
     res = _cached_eval(os.path.join(out, method, "final_eval.json"), key, final)
     res.pop("eval_key", None)
-    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
-    torchvision.utils.save_image(fakes, os.path.join(out, f"samples_{method}.png"), nrow=10, normalize=True,
-                                 value_range=(-1, 1))
+    _sample_grid(trainer, os.path.join(out, f"samples_{method}.png"))
     return res
 
 
@@ -334,9 +332,7 @@ def bagan_method(out, cfg, seed, method, progress=True, data=None):
     key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
     res = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
         d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
-    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
-    torchvision.utils.save_image(fakes, os.path.join(out, "bagan", f"samples_{method}.png"), nrow=10,
-                                 normalize=True, value_range=(-1, 1))
+    _sample_grid(trainer, os.path.join(out, "bagan", f"samples_{method}.png"))
     return res
 
 
@@ -448,10 +444,14 @@ def softlabel_method(out, cfg, seed, method, progress=True, data=None):
     key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=sl["eval_samples"],
                lpips_images=sl["lpips_images"])
     res = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
-    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))  # column k: class k
-    torchvision.utils.save_image(fakes, os.path.join(d, f"samples_{method}.png"), nrow=10, normalize=True,
-                                 value_range=(-1, 1))
+    _sample_grid(trainer, os.path.join(d, f"samples_{method}.png"))
     return res
+
+
+def _sample_grid(trainer, path):
+    """100 samples of the final generator, seed 2024, 10 a row (column k: class k for conditional methods)."""
+    fakes = trainer.generate(100, generator=torch.Generator().manual_seed(2024))
+    torchvision.utils.save_image(fakes, path, nrow=10, normalize=True, value_range=(-1, 1))
 
 
 # ---- worker processes
