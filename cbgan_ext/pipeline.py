@@ -8,8 +8,8 @@ Stages (each resumes or is skipped when its output exists, so a killed run conti
   5. report      KL to uniform of the annotator's histogram, FD-annotator, plots and sample grids.
 
 Selection rule, the same for every method: the report evaluates each method's **final** EMA generator
-(no checkpoint picked by a metric). ``best.pt`` (lowest FD-annotator against the balanced test split) stays
-in each run directory for users who want it; the report does not read it.
+(no checkpoint picked by a metric), and nothing is evaluated during training (``eval_every`` 0: a user who
+wants ``best.pt``, the lowest FD-annotator checkpoint, trains with ``cbgan-ext train --eval-every N``).
 
 ``run_seeds`` runs the job for several seeds and writes a table with the mean and spread of each metric.
 """
@@ -38,24 +38,28 @@ _ANNOTATOR = dict(loss="ce", epochs=2, width=0.5, depth=32, lr_schedule="cosine"
 # The released code's weighting (bounded by K; the paper's w = 1/N_k explodes for a class the generator stops
 # drawing), a short cycle for a short run, and the term from step 500, once G draws shapes (from the first step
 # it paints classifier-pleasing stripes before any garment). The README's cbgan recording says what was tried.
-_GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eval_every=250, ema_start=1000,
-            ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0, cb_start=500)
+# No evaluation during training: the report reads only the final one (each cost ~10% of 250 steps).
+_GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eval_every=0, sample_every=0,
+            ckpt_every=125, ema_start=1000, ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0,
+            cb_start=500)
 
 _CB_SETTINGS = ("lam", "weighting", "cycle", "cb_start")  # only for methods with the CB regularizer
 # The BAGAN and Softlabel sections' schedules are chosen for their length here, not the released codes' (which
 # spend their learning rates over tens of thousands of steps): docs/bagan/README.md and docs/softlabel/README.md
 # say where and why they differ.
 # BAGAN section: Fashion-MNIST with T-shirt/top (class 0) kept at 150 of 6000 images, BAGAN's networks at width
-# 0.25, the same schedule for BAGAN and ACGAN: batch 128, D's real batches class-balanced, Adam 2e-4 (β1 0.5);
-# BAGAN's autoencoder has its own Adam (1e-3, β 0.9 / 0.999).
+# 0.25, the same schedule for BAGAN and ACGAN: batch 128, D's real batches class-balanced, Adam 2e-4 (β1 0.5),
+# DiffAugment (translation, cutout) on D's inputs, an EMA of G (0.99 from step 300); BAGAN's autoencoder has its
+# own Adam (1e-3, β 0.9 / 0.999); ACGAN's G takes its class as a one-hot beside z.
 BAGAN_METHODS = ("bagan", "acgan", "minority-gan")  # the section's methods (the preset picks among them)
 _BAGAN_AE = ("ae_steps", "ae_lr", "ae_beta1")  # only for methods with the autoencoder stage
 # methods: the GANs trained; augment_rows and augment_methods: the augmented classifiers (the real-image rows, then
 # one row per method whose generated images rebalance the training set)
 _BAGAN = dict(methods=("bagan", "acgan"), augment_rows=("plain", "oversample", "mirror"),
               augment_methods=("bagan",), minority_class=0, drop_fraction=0.975, eval_samples=2000,
-              gan=dict(width=0.25, batch_size=128, steps=600, lr=2e-4, real_sampling="balanced", ae_steps=250,
-                       ae_lr=1e-3, ae_beta1=0.9, ckpt_every=100, log_every=50, sample_every=0),
+              gan=dict(width=0.25, batch_size=128, steps=1000, lr=2e-4, real_sampling="balanced",
+                       policy="translation,cutout", ema_start=300, ema_decay=0.99, ae_steps=250, ae_lr=1e-3,
+                       ae_beta1=0.9, acgan_g="concat", ckpt_every=100, log_every=50, sample_every=0),
               augment=dict(epochs=1, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
 # Softlabel section: Softlabel-GAN's offline setting (Fashion-MNIST, lognormal profile, 3208 images, 65-1720 a
 # class), BigGAN-32 at width 0.125 (ch 8), the same schedule for both methods, D's reals class-balanced (see
@@ -70,28 +74,28 @@ _SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal",
                            log_every=50))
 
 PRESETS = {
-    "default": dict(about="the main job: the cbgan section, BAGAN vs ACGAN, Softlabel-GAN vs DiffAug-GAN; about "
-                          "67 min on 2 CPU cores with 2 jobs", dataset="fashion-mnist", imbalance=100.0,
+    "default": dict(about="the main job: the cbgan section, BAGAN vs ACGAN, Softlabel-GAN vs DiffAug-GAN; over "
+                          "an hour on 2 CPU cores with 2 jobs", dataset="fashion-mnist", imbalance=100.0,
                     image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000,
                     bagan=_BAGAN, softlabel=_SOFTLABEL),
     "quick": dict(about="a first look at every stage, shorter everywhere (its numbers are not results); not timed",
                   dataset="fashion-mnist", imbalance=100.0, image_size=32,
                   classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3), annotator=dict(_ANNOTATOR, epochs=1),
-                  gan=dict(_GAN, steps=500, eval_every=250, ema_start=250, cb_start=250), final_samples=2000,
+                  gan=dict(_GAN, steps=500, ema_start=250, cb_start=250), final_samples=2000,
                   bagan=dict(_BAGAN, augment_rows=("plain", "oversample"), eval_samples=1000,
-                             gan=dict(_BAGAN["gan"], steps=200, ae_steps=100)),
+                             gan=dict(_BAGAN["gan"], steps=200, ae_steps=100, ema_start=100)),
                   softlabel=dict(_SOFTLABEL, eval_samples=1000, classifier=dict(_SOFTLABEL["classifier"], epochs=5),
                                  gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150))),
     "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
                  annotator=dict(_ANNOTATOR, epochs=2, depth=8, amp="none"),
-                 gan=dict(_GAN, width=0.125, steps=12, eval_every=6, ema_start=6, eval_samples=100, cycle=4,
+                 gan=dict(_GAN, width=0.125, steps=12, ckpt_every=3, ema_start=6, eval_samples=100, cycle=4,
                           cb_start=4),
                  final_samples=200,
                  bagan=dict(_BAGAN, methods=BAGAN_METHODS, augment_methods=BAGAN_METHODS, eval_samples=60,
-                            gan=dict(_BAGAN["gan"], width=0.0625, batch_size=16, steps=3, ae_steps=3, ckpt_every=2,
-                                     log_every=1),
+                            gan=dict(_BAGAN["gan"], width=0.0625, batch_size=16, steps=3, ae_steps=3, ema_start=1,
+                                     ckpt_every=2, log_every=1),
                             augment=dict(epochs=0.5, width=0.25, depth=8, batch_size=64, lr_schedule="cosine")),
                  softlabel=dict(methods=SOFTLABEL_METHODS, profile="exp", eval_samples=100, lpips_images=4,
                                 classifier=dict(_SOFTLABEL["classifier"], epochs=1, depth=8, amp="none"),
@@ -142,7 +146,6 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
     g = cfg["gan"]
     if steps:
         g["steps"] = int(steps)
-        g["eval_every"] = max(1, int(steps) // 4)
         g["ema_start"] = int(steps) // 2
     if classifier_epochs:
         cfg["classifier"]["epochs"] = float(classifier_epochs)
@@ -276,19 +279,18 @@ def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None,
     if evaluator is None:
         evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
     trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
-                         annotator=ann, seed=seed, progress=progress, sample_every=g["eval_every"],
-                         ckpt_every=max(1, g["eval_every"] // 2), fid="annotator",
+                         annotator=ann, seed=seed, progress=progress, fid="annotator",
                          **{k: v for k, v in g.items() if k not in _CB_SETTINGS or needs_clf})
     trainer.evaluator = evaluator
     trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
                           classifier=os.path.join(out, "classifier.pt") if needs_clf else None)
-    best = trainer.run()
+    trainer.run()
     ann_path = os.path.join(out, "annotator.pt")
 
     def final():  # the selection rule: the final EMA generator, for every method
         res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
                         n=cfg["final_samples"], seed=2024)
-        return dict(res, step=trainer.step, best_fd_step=None if best is None else best["step"])
+        return dict(res, step=trainer.step)
     key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=cfg["final_samples"], seed=2024,
                evaluator_n=g["eval_samples"])
     res = _cached_eval(os.path.join(out, method, "final_eval.json"), key, final)
@@ -346,8 +348,11 @@ def bagan_augment(out, cfg, seed, progress=True):
 
 
 def bagan_gan_settings(b, method):
-    """The BAGAN section's GAN settings for ``method``: the autoencoder's only for methods with that stage."""
-    return {k: v for k, v in b["gan"].items() if k not in _BAGAN_AE or get_method(method).pre_stages}
+    """The BAGAN section's GAN settings for ``method``, less those it does not read (the autoencoder's for
+    methods without that stage, ACGAN's for the others)."""
+    from .train.options import unused_options
+    unused = set(unused_options(get_method(method), b["gan"], cb_reg=False))
+    return {k: v for k, v in b["gan"].items() if k not in unused}
 
 
 def _bagan_lines(bagan):

@@ -95,6 +95,28 @@ def test_heads_and_conditioning():
         build_gan("sndcgan", num_classes=K, d_head="classes+1", g_gaussians=True)
 
 
+def test_acgan_generator_class_inputs():
+    """"multiply": z ⊙ e_y (an embedding, no one-hot); "concat": [z, onehot(y)] into the first dense layer."""
+    torch.manual_seed(0)
+    mul = BAGANGenerator(10, 1, 32, 0.25, num_classes=K)
+    cat = BAGANGenerator(10, 1, 32, 0.25, num_classes=K, class_input="concat")
+    assert mul.dense[0].in_features == 10 and mul.embed.weight.shape == (K, 10)
+    assert cat.dense[0].in_features == 10 + K and not hasattr(cat, "embed")
+    z, y = torch.randn(3, 10), torch.tensor([0, 1, 3])
+    h = cat.dense(torch.cat([z, F.one_hot(y, K).float()], 1)).view(3, cat.c0, cat.r, cat.r)
+    assert torch.allclose(cat(z, y), torch.tanh(cat.out(F.pad(cat.blocks(h), (0, 1, 0, 1)))), atol=1e-6)
+    assert not torch.allclose(cat(z, y), cat(z, (y + 1) % K))  # the class reaches the image
+    assert torch.allclose(mul(z, y), mul.decode(z * mul.embed(y)), atol=1e-6)
+    with pytest.raises(ValueError, match="class_input"):
+        BAGANGenerator(10, 1, 32, 0.25, num_classes=K, class_input="add")
+    with pytest.raises(ValueError, match="g_class_input"):
+        build_gan("sndcgan", num_classes=K, d_head="aux-classifier", g_class_input="concat")
+    # the method builds the generator its setting names; a run keeps it in its config
+    G, _ = get_method("acgan")(K, settings=dict(acgan_g="concat")).build("bagan", channels=1, image_size=32,
+                                                                          width=0.25, z_dim=10)
+    assert G.dense[0].in_features == 10 + K
+
+
 def test_generator_samples_the_class_gaussians():
     G = BAGANGenerator(z_dim=3, channels=1, image_size=16, width=0.125, num_classes=2, gaussians=True)
     mean = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])

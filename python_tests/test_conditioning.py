@@ -60,6 +60,7 @@ CASES = {
                                                                                 policy="translation")),
     "K + 1-class D, BAGAN's class Gaussians": ("bagan", dict(FAST, steps=200, ae_steps=200, ae_lr=1e-3, ae_beta1=0.9)),
     "auxiliary classifier (ACGAN)": ("acgan", dict(FAST, steps=400)),
+    "auxiliary classifier, one-hot G input (the main job's ACGAN)": ("acgan", dict(FAST, steps=400, acgan_g="concat")),
 }
 
 

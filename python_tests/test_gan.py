@@ -292,6 +292,18 @@ def test_resume_continues_exactly(tmp_path, device, restore_determinism):
     assert "resumed" in events
 
 
+def test_evaluations_and_samples_leave_the_training_unchanged(tmp_path):
+    # the main job trains without them; its recordings may have been made with them
+    seen = _trainer(tmp_path / "seen", 6, eval_every=2, sample_every=3, ckpt_every=2)
+    seen.run()
+    blind = _trainer(tmp_path / "blind", 6, eval_every=0, sample_every=0, ckpt_every=6)
+    blind.run()
+    assert os.path.exists(tmp_path / "seen" / "best.pt") and not os.path.exists(tmp_path / "blind" / "best.pt")
+    for a, b in zip([*seen.G.state_dict().values(), *seen.ema.model.state_dict().values()],
+                    [*blind.G.state_dict().values(), *blind.ema.model.state_dict().values()]):
+        assert torch.equal(a, b)
+
+
 def test_cb_start_keeps_the_plain_step_until_then(tmp_path):
     plain = _trainer(tmp_path / "gan", 5, method="gan", eval_every=0)
     plain.run()

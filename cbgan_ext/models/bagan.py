@@ -15,8 +15,10 @@ with a ``width`` multiplier on every channel count for CPU runs.
   generator holds them as buffers (``set_class_gaussians``) and ``G(z, y)`` maps z ~ N(0, I) to μ_y + L_y z
   (L_y the Cholesky factor of Σ_y), so sampling, EMA, evaluation and checkpoints treat it like any conditional
   generator. ``decode(latent)`` is the bare decoder (the autoencoder stage).
-* ACGAN's G (``num_classes`` > 0 without Gaussians) multiplies z by a learned class embedding, as Keras'
-  ACGAN example that the released code starts from.
+* ACGAN's G (``num_classes`` > 0 without Gaussians) takes its class as ``class_input``: "multiply" (z times a
+  learned class embedding, as Keras' ACGAN example that the released code starts from) or "concat" (z and the
+  one-hot class side by side into the first dense layer, as Odena et al.). z ⊙ e_y carries the class only in
+  its per-dimension scale, which G must learn to read; the one-hot is in the input's mean from the first step.
 
 Init as Keras: Glorot-normal for G's convs (the released code's), Glorot-uniform elsewhere, zero biases.
 """
@@ -54,19 +56,25 @@ def latent_resolution(image_size):
 
 class BAGANGenerator(nn.Module):
     """The decoder. ``gaussians=True``: BAGAN (latent from the class Gaussians); ``num_classes`` > 0 without
-    them: ACGAN (z ⊙ class embedding); neither: the unconditional single-class GAN."""
+    them: ACGAN (its class by ``class_input``, "multiply" or "concat"); neither: the unconditional single-class
+    GAN."""
 
-    def __init__(self, z_dim=LATENT, channels=1, image_size=32, width=1.0, num_classes=0, gaussians=False):
+    def __init__(self, z_dim=LATENT, channels=1, image_size=32, width=1.0, num_classes=0, gaussians=False,
+                 class_input="multiply"):
         super().__init__()
+        if class_input not in ("multiply", "concat"):
+            raise ValueError(f"BAGANGenerator: class_input must be 'multiply' or 'concat', got {class_input!r}")
         r = latent_resolution(image_size)
         self.z_dim, self.r, self.num_classes = int(z_dim), r, int(num_classes)
         self.gaussians = bool(gaussians)
+        self.concat = class_input == "concat" and self.num_classes > 0 and not self.gaussians
         if self.gaussians and self.num_classes < 1:
             raise ValueError("BAGANGenerator: class Gaussians need num_classes >= 1")
         c0 = _c(128, width)
         self.c0 = c0
         # The released 1024 units at every width: the layer is cheap, so the width multiplier (for speed) leaves it.
-        self.dense = nn.Sequential(nn.Linear(z_dim, DENSE, bias=False), nn.ReLU(inplace=True),
+        z_in = z_dim + (self.num_classes if self.concat else 0)
+        self.dense = nn.Sequential(nn.Linear(z_in, DENSE, bias=False), nn.ReLU(inplace=True),
                                    nn.Linear(DENSE, c0 * r * r, bias=False), nn.ReLU(inplace=True))
         layers, res, cin = [], r, c0
         while res < image_size:
@@ -80,14 +88,14 @@ class BAGANGenerator(nn.Module):
         if self.gaussians:
             self.register_buffer("class_mean", torch.zeros(self.num_classes, self.z_dim))
             self.register_buffer("class_chol", torch.eye(self.z_dim).repeat(self.num_classes, 1, 1))
-        elif self.num_classes:
+        elif self.num_classes and not self.concat:
             self.embed = nn.Embedding(self.num_classes, self.z_dim)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_normal_(m.weight)
             elif isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-        if not self.gaussians and self.num_classes:
+        if not self.gaussians and self.num_classes and not self.concat:
             nn.init.xavier_normal_(self.embed.weight)
 
     @torch.no_grad()
@@ -109,6 +117,8 @@ class BAGANGenerator(nn.Module):
                                  f"got {got}")
             if self.gaussians:
                 z = self.class_mean[y] + torch.bmm(self.class_chol[y], z.unsqueeze(-1)).squeeze(-1)
+            elif self.concat:
+                z = torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], 1)
             else:
                 z = z * self.embed(y)
         elif y is not None:

@@ -267,20 +267,23 @@ def init_orthogonal_(model):
 def build_gan(arch: str, *, channels: int = 3, image_size: int = 32, width: float = 1.0, z_dim: int = 128,
               g_spectral_norm: bool = False, init: str = "ortho", num_classes: int = 0,
               conditional_g: Optional[bool] = None, d_head: str = "scalar", d_spectral_norm: Optional[bool] = None,
-              g_gaussians: bool = False) -> Tuple[nn.Module, nn.Module]:
+              g_gaussians: bool = False, g_class_input: str = "multiply") -> Tuple[nn.Module, nn.Module]:
     """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"
     ("bagan" always has its own, Keras', init).
 
     ``d_head`` picks the discriminator's head (D_HEADS) for ``num_classes`` K. The generator is conditional
     (conditional BatchNorm, ``G(z, y)``) when ``conditional_g``; by default when the head reads labels
     ("projection", "aux-classifier"). BAGAN's "classes+1" D pairs with a generator conditioned through class
-    Gaussians on its latent (``g_gaussians``, arch "bagan" only). ``d_spectral_norm``: None for the
+    Gaussians on its latent (``g_gaussians``, arch "bagan" only); arch "bagan"'s ACGAN generator takes its class
+    as ``g_class_input`` ("multiply" or "concat", see ``models/bagan.py``). ``d_spectral_norm``: None for the
     architecture's own (on, except "bagan")."""
     if d_head not in D_HEADS:
         raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
     if conditional_g is None:
         conditional_g = d_head in ("projection", "aux-classifier")
     g_classes = int(num_classes) if conditional_g or g_gaussians else 0
+    if g_class_input != "multiply" and arch != "bagan":
+        raise ValueError(f"build_gan: g_class_input is BAGAN's ACGAN generator's (arch 'bagan'), got arch {arch!r}")
     if g_gaussians and arch != "bagan":
         raise ValueError(f"build_gan: class Gaussians on the latent (g_gaussians) are BAGAN's: arch 'bagan', "
                          f"got {arch!r}")
@@ -304,7 +307,8 @@ def build_gan(arch: str, *, channels: int = 3, image_size: int = 32, width: floa
         D = BigGANDiscriminator(channels, image_size, width, num_classes)
     elif arch == "bagan":
         from .bagan import BAGANDiscriminator, BAGANGenerator
-        G = BAGANGenerator(z_dim, channels, image_size, width, g_classes, gaussians=g_gaussians)
+        G = BAGANGenerator(z_dim, channels, image_size, width, g_classes, gaussians=g_gaussians,
+                           class_input=g_class_input)
         D = BAGANDiscriminator(channels, image_size, width, bool(d_spectral_norm), d_head, num_classes)
         return G, D
     else:

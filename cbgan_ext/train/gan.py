@@ -88,7 +88,7 @@ class GANTrainer(TrainLoop):
     settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
                             "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
                             "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1,
-                            "acgan_aux": "real+fake"}
+                            "acgan_aux": "real+fake", "acgan_g": "multiply"}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out: str, *, method: str = "cbgan", classifier: Optional[torch.nn.Module] = None,

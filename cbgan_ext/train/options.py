@@ -111,6 +111,9 @@ OPTIONS = {
     "acgan_aux": Option("real", "ACGAN: the images D's auxiliary classifier learns from: 'real' (Keras' ACGAN example, "
                         "the code BAGAN's builds on) or 'real+fake' (Odena et al.'s paper)",
                         _choice("real", "real+fake")),
+    "acgan_g": Option("multiply", "ACGAN: how G takes its class: 'multiply' (z times a learned class embedding, "
+                      "Keras' ACGAN example) or 'concat' (z and the one-hot class side by side, Odena et al.)",
+                      _choice("multiply", "concat")),
     "target_class": Option(-1, "minority-gan: the one class it trains on (-1: the dataset's minority class)",
                            int_check(-1)),
     "eval_every": Option(2000, "evaluate (and select best.pt) every N steps; 0: only at the end", int_check(0)),
@@ -133,7 +136,7 @@ GROUPS = {
     "autoencoder": ("ae_steps", "ae_lr", "ae_beta1", "latent_shrinkage"),
     "class_sampling": ("class_sampling",),
     "target_class": ("target_class",),
-    "acgan_aux": ("acgan_aux",),
+    "acgan": ("acgan_aux", "acgan_g"),
 }
 
 

@@ -9,7 +9,8 @@
   head at random. D step: B reals with their labels and ⌈B/K⌉ fakes labelled K, one cross-entropy over the
   concatenation (the released code's batch); G step: B + ⌈B/K⌉ fakes of sampled classes, cross-entropy toward
   their class through D (only G steps). Classes of fakes: uniform, or the released code's "rebalance".
-* ``acgan``: the same networks without the autoencoder; G(z ⊙ embedding(y)), D with a real/fake logit and
+* ``acgan``: the same networks without the autoencoder; G(z ⊙ embedding(y)) (``acgan_g="multiply"``, Keras'
+  example) or G([z, onehot(y)]) (``"concat"``), D with a real/fake logit and
   an auxiliary classifier: D loss BCE(real/fake) + CE(class), G loss BCE + CE (Odena et al.). The class term of
   D's loss is on the real images only by default, as in Keras' ACGAN example (whose G this is);
   ``acgan_aux="real+fake"`` adds the fakes' class term, as the paper.
@@ -131,12 +132,19 @@ class BAGAN(_BAGANFamily):
 @register
 class ACGAN(_BAGANFamily):
     name = "acgan"
-    title = "ACGAN on BAGAN's networks: G(z * embedding(y)), D real/fake + auxiliary classifier (BAGAN's baseline)"
+    title = ("ACGAN on BAGAN's networks: G(z * embedding(y)) or G([z, onehot(y)]), D real/fake + auxiliary "
+             "classifier (BAGAN's baseline)")
     paper = "Odena et al. 2017; BAGAN §5"
     conditional = True
     d_head = "aux-classifier"
     loss = "acgan"
-    option_groups = ("acgan_aux",)
+    option_groups = ("acgan",)
+
+    def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):
+        from ...models import build_gan
+        return build_gan(arch, channels=channels, image_size=image_size, width=width, z_dim=z_dim,
+                         num_classes=self.num_classes, conditional_g=True, d_head=self.d_head, d_spectral_norm=d_sn,
+                         g_class_input=self.settings.get("acgan_g", "multiply"))
 
     def d_loss(self, D, real, real_labels, fake, fake_labels):
         src, cls = D(torch.cat([real, fake]))
