@@ -52,7 +52,6 @@ _CB_SETTINGS = ("lam", "weighting", "cycle", "cb_start")  # only for methods wit
 # DiffAugment (translation, cutout) on D's inputs, an EMA of G (0.99 from step 300); BAGAN's autoencoder has its
 # own Adam (1e-3, β 0.9 / 0.999); ACGAN's G takes its class as a one-hot beside z.
 BAGAN_METHODS = ("bagan", "acgan", "minority-gan")  # the section's methods (the preset picks among them)
-_BAGAN_AE = ("ae_steps", "ae_lr", "ae_beta1")  # only for methods with the autoencoder stage
 # methods: the GANs trained; augment_rows and augment_methods: the augmented classifiers (the real-image rows, then
 # one row per method whose generated images rebalance the training set)
 _BAGAN = dict(methods=("bagan", "acgan"), augment_rows=("plain", "oversample", "mirror"),
