@@ -15,7 +15,7 @@ import sys
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(DOCS)
-PAGES = ("README.md", "docs/bagan/README.md", "docs/softlabel/README.md")
+PAGES = ("README.md", "docs/main-job/README.md", "docs/bagan/README.md", "docs/softlabel/README.md")
 _BLOCK = re.compile(r"(<!-- render ([\w-]+) -->\n)(.*?)(<!-- /render -->)", re.S)
 
 
@@ -77,6 +77,86 @@ def cbgan_seeds():
                  f"{statistics.fmean(cols['cg']):.3f} / {statistics.fmean(cols['cc']):.3f} | "
                  f"{spread(cols['acc'], '{:.1f}', '%')} |")
     return "\n".join(lines)
+
+
+def _cell(vals, fmt="{:.3f}"):
+    m, sd = _stats(vals)[:2]
+    return f"{_slash(vals, fmt)} ({fmt.format(m)} ± {fmt.format(sd)})"
+
+
+def cbgan_readme():
+    runs = _runs("main-job")
+    seeds = list(runs)
+    res = {s: r["results"] for s, r in runs.items()}
+    lines = ["| seed " + " / ".join(map(str, seeds)) + " (mean ± sd) | baseline (SNDCGAN) | CBGAN |",
+             "| --- | --- | --- |"]
+    for name, key, fmt in (("KL of the annotator's class histogram to uniform ↓", "kl", "{:.3f}"),
+                           ("FD-annotator ↓", "fd", "{:.2f}")):
+        lines.append(f"| {name} | " + " | ".join(_cell([res[s][m][key] for s in seeds], fmt) for m in ("gan", "cbgan"))
+                     + " |")
+    kl = [runs[s]["ratios"]["cbgan"]["kl_ratio"] for s in seeds]
+    fd = [runs[s]["ratios"]["cbgan"]["fd_ratio"] for s in seeds]
+    lines.append(f"| KL ratio (baseline / CBGAN), FD ratio (CBGAN / baseline) | {_cell(kl, '{:.2f}')}× | "
+                 f"{_cell(fd, '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def _rng(vals, fmt="{:.2f}"):
+    lo, hi = fmt.format(min(vals)), fmt.format(max(vals))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _count(flags):
+    n = sum(flags)
+    return "every seed" if n == len(flags) else ("no seed" if n == 0 else f"{n} of {len(flags)} seeds")
+
+
+def glance_holds():
+    """What holds of each paper's claim, in words, from the same files as the tables."""
+    out = []
+    cb = _runs("main-job")
+    kl = [r["ratios"]["cbgan"]["kl_ratio"] for r in cb.values()]
+    fd = [r["ratios"]["cbgan"]["fd_ratio"] for r in cb.values()]
+    ok = [k >= 3 and f <= 1.25 for k, f in zip(kl, fd)]
+    out.append(f"- **CBGAN** (claim: a more balanced class mix at no worse FD; here ≥ 3× lower KL at FD ≤ 1.25× "
+               f"the baseline's): {_rng(kl)}× lower KL at {_rng(fd)}× the baseline's FD-annotator; holds on "
+               f"{_count(ok)}.")
+    bg = _runs("bagan", "bagan")
+    k = next(iter(bg.values()))["augment"]["minority_classes"][0]
+    name = _class_name("bagan", k)
+    cons = {m: [r["eval"][m]["class_consistency"] for r in bg.values()] for m in ("bagan", "acgan")}
+    mino = {m: [r["eval"][m]["class_accuracy"][k] for r in bg.values()] for m in ("bagan", "acgan")}
+    lead = [b - a for b, a in zip(mino["bagan"], mino["acgan"])]
+    aug = {row: [r["augment"]["rows"][row]["minority_accuracy"][0] for r in bg.values()]
+           for row in ("plain", "oversample", "bagan")}
+    beats_plain = [b > p for b, p in zip(aug["bagan"], aug["plain"])]
+    beats_over = [b > o for b, o in zip(aug["bagan"], aug["oversample"])]
+    out.append(f"- **BAGAN** (claim: its minority images are recognised more often than ACGAN's and help a "
+               f"classifier): both learn their classes (consistency {_rng(cons['bagan'], '{:.3f}')} and "
+               f"{_rng(cons['acgan'], '{:.3f}')}); BAGAN's {name} images are labelled {name} "
+               f"{_rng(mino['bagan'], '{:.3f}')} of the time, ACGAN's {_rng(mino['acgan'], '{:.3f}')}: a lead of "
+               f"0.2 or more on {_count([d >= 0.2 for d in lead])}. BAGAN's images raise the classifier's {name} "
+               f"accuracy above the plain classifier's on {_count(beats_plain)} ({_rng(aug['plain'], '{:.3f}')} → "
+               f"{_rng(aug['bagan'], '{:.3f}')}) and beat oversampling ({_rng(aug['oversample'], '{:.3f}')}) on "
+               f"{_count(beats_over)}.")
+    sl = _runs("softlabel", "softlabel")
+    cons = {m: [r["eval"][m]["class_consistency"] for r in sl.values()] for m in ("softlabel-gan", "diffaug-gan")}
+    fd_win = [r["eval"]["softlabel-gan"]["fd"] < r["eval"]["diffaug-gan"]["fd"] for r in sl.values()]
+    intra_win = [r["eval"]["softlabel-gan"]["intra_fd_mean"] < r["eval"]["diffaug-gan"]["intra_fd_mean"]
+                 for r in sl.values()]
+    minor_win = [_minor_intra_fd(r, "softlabel-gan") < _minor_intra_fd(r, "diffaug-gan") for r in sl.values()]
+    out.append(f"- **Softlabel-GAN** (claim: lower FD and intra-FD than DiffAug-GAN): both learn their classes "
+               f"(consistency {_rng(cons['softlabel-gan'], '{:.3f}')} and {_rng(cons['diffaug-gan'], '{:.3f}')}); "
+               f"Softlabel-GAN has the lower FD-annotator on {_count(fd_win)}, the lower mean intra-FD on "
+               f"{_count(intra_win)} and the lower intra-FD of the 3 smallest classes on {_count(minor_win)}.")
+    return "\n".join(out)
+
+
+def main_job_time():
+    cpu, wall, rss = _time_file(os.path.join(DOCS, "main-job", "timed-seed0", "time.txt"))
+    return (f"Timed: the `default` job (`cbgan-ext demo --seed 0`) from an empty directory on a 2-core CPU with "
+            f"nothing else running took **{wall / 60:.1f} min** wall clock ({cpu / 60:.0f} CPU-minutes, peak memory "
+            f"{rss:.1f} GiB; `/usr/bin/time -v`, [docs/main-job](docs/main-job/README.md)).")
 
 
 # ---------------------------------------------------------------------------------------------- BAGAN section
@@ -216,6 +296,46 @@ def softlabel_readme():
     return "\n".join(lines)
 
 
+def softlabel_holds():
+    """The page's "what holds" in words, every number from seed*/results.json."""
+    runs = _runs("softlabel", "softlabel")
+    seeds = list(runs)
+    sl, da = "softlabel-gan", "diffaug-gan"
+    ev = {s: r["eval"] for s, r in runs.items()}
+
+    def per(get, fmt="{:.2f}"):
+        return " / ".join(fmt.format(get(s)) for s in seeds)
+
+    cons = {m: [ev[s][m]["class_consistency"] for s in seeds] for m in (sl, da)}
+    least = "at least 0.6 on every seed" if min(min(v) for v in cons.values()) >= 0.6 else "below 0.6 on some seed"
+    lines = [f"**What holds and what does not** (seeds {' / '.join(map(str, seeds))}):",
+             "- **Both methods learn their classes:** class consistency "
+             f"{per(lambda s: ev[s][sl]['class_consistency'], '{:.3f}')} for Softlabel-GAN and "
+             f"{per(lambda s: ev[s][da]['class_consistency'], '{:.3f}')} for DiffAug-GAN ({least}; chance 0.10, the "
+             "annotator itself about 0.89 on real test images). The grids (`seed*/samples_*.png`, column k is class "
+             "k) show the asked-for garments."]
+    for name, get in (("FD-annotator", lambda s, m: ev[s][m]["fd"]),
+                      ("Mean intra-FD", lambda s, m: ev[s][m]["intra_fd_mean"]),
+                      ("Intra-FD of the 3 smallest classes", lambda s, m: _minor_intra_fd(runs[s], m))):
+        wins = [get(s, sl) < get(s, da) for s in seeds]
+        lines.append(f"- **{name}:** Softlabel-GAN {per(lambda s: get(s, sl))} against DiffAug-GAN "
+                     f"{per(lambda s: get(s, da))}: Softlabel-GAN lower on {_count(wins)}.")
+    big, small = [], []
+    for s in seeds:
+        r = runs[s]
+        counts = r["class_counts"]
+        kb, ks = max(range(len(counts)), key=counts.__getitem__), min(range(len(counts)), key=counts.__getitem__)
+        big.append(f"{r['classes'][kb]} ({counts[kb]} images): consistency {ev[s][sl]['class_accuracy'][kb]:.2f} "
+                   f"against {ev[s][da]['class_accuracy'][kb]:.2f}, intra-FD {ev[s][sl]['intra_fd'][kb]:.1f} against "
+                   f"{ev[s][da]['intra_fd'][kb]:.1f}")
+        small.append((r["classes"][ks], counts[ks], ev[s][sl]["intra_fd"][ks], ev[s][da]["intra_fd"][ks]))
+    lines.append("- **The largest class**, Softlabel-GAN against DiffAug-GAN: " + "; ".join(big) + ".")
+    lines.append("- **The smallest class**, intra-FD Softlabel-GAN against DiffAug-GAN: "
+                 + "; ".join(f"{n} ({c} images) {a:.2f} against {b:.2f}" for n, c, a, b in small)
+                 + f": Softlabel-GAN lower on {_count([a < b for _, _, a, b in small])}.")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------- timings
 def _time_file(path):
     """User + system CPU seconds, wall seconds and peak memory (GiB) from a GNU time -v report."""
@@ -239,10 +359,11 @@ def times(study):
     return "\n".join(lines)
 
 
-TABLES = {"cbgan-seeds": cbgan_seeds, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
+TABLES = {"cbgan-seeds": cbgan_seeds, "cbgan-readme": cbgan_readme, "glance-holds": glance_holds,
+          "main-job-time": main_job_time, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
           "bagan-readme": bagan_readme, "acgan-trial": acgan_trial, "softlabel-seeds": softlabel_seeds,
-          "softlabel-readme": softlabel_readme, "bagan-time": lambda: times("bagan"),
-          "softlabel-time": lambda: times("softlabel")}
+          "softlabel-readme": softlabel_readme, "softlabel-holds": softlabel_holds,
+          "bagan-time": lambda: times("bagan"), "softlabel-time": lambda: times("softlabel")}
 
 
 def render(text):
