@@ -235,6 +235,57 @@ def bagan_readme():
     return "\n".join(lines)
 
 
+def bagan_holds():
+    """The page's "what holds" in words, every number from seed*/results.json."""
+    runs = _runs("bagan", "bagan")
+    seeds = list(runs)
+    first = runs[seeds[0]]
+    k = first["augment"]["minority_classes"][0]
+    name = _class_name("bagan", k)
+    from cbgan_ext.data.sources import FASHION_MNIST_CLASSES as names
+    ev = {s: r["eval"] for s, r in runs.items()}
+
+    def per(get, fmt="{:.3f}"):
+        return " / ".join(fmt.format(get(s)) for s in seeds)
+
+    def rng(get, fmt="{:.2f}"):
+        return _rng([get(s) for s in seeds], fmt)
+
+    cons = [ev[s][m]["class_consistency"] for s in seeds for m in ("bagan", "acgan")]
+    weakest = []
+    for s in seeds:
+        acc = ev[s]["acgan"]["class_accuracy"]
+        j = min(range(len(acc)), key=acc.__getitem__)
+        weakest.append(f"{names[j]} {acc[j]:.2f} on seed {s}")
+    lead = [ev[s]["bagan"]["class_accuracy"][k] - ev[s]["acgan"]["class_accuracy"][k] for s in seeds]
+    aug = {row: [runs[s]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]
+           for row in first["augment"]["rows"]}
+    least = "at least 0.6 on every seed" if min(cons) >= 0.6 else "below 0.6 on some seed"
+    lines = [f"**What holds and what does not** (seeds {' / '.join(map(str, seeds))}):",
+             "- **Both methods learn their classes:** class consistency BAGAN "
+             f"{per(lambda s: ev[s]['bagan']['class_consistency'])}, ACGAN "
+             f"{per(lambda s: ev[s]['acgan']['class_consistency'])} ({least}); the grids "
+             "(`seed*/samples_*.png`, column k is class k) show the asked-for garments. ACGAN's weakest class: "
+             + ", ".join(weakest) + " (per class: `seed*/eval_acgan.json`).",
+             f"- **Variety within a class:** SSIM of generated {name} pairs BAGAN "
+             f"{rng(lambda s: ev[s]['bagan']['ssim']['fake_pairs'][k])}, ACGAN "
+             f"{rng(lambda s: ev[s]['acgan']['ssim']['fake_pairs'][k])}, real pairs "
+             f"{rng(lambda s: ev[s]['bagan']['ssim']['real_pairs'][k])} (higher: more alike).",
+             f"- **Closeness to the data:** FD-annotator BAGAN {per(lambda s: ev[s]['bagan']['fd'], '{:.2f}')} against "
+             f"ACGAN {per(lambda s: ev[s]['acgan']['fd'], '{:.2f}')}.",
+             "- **Minority images labelled as the minority class:** BAGAN "
+             f"{per(lambda s: ev[s]['bagan']['class_accuracy'][k])}, "
+             f"ACGAN {per(lambda s: ev[s]['acgan']['class_accuracy'][k])}: BAGAN at least 0.6 on "
+             f"{_count([ev[s]['bagan']['class_accuracy'][k] >= 0.6 for s in seeds])}, 0.2 or more above ACGAN on "
+             f"{_count([d >= 0.2 for d in lead])}.",
+             f"- **Augmented classifier** ({name} test accuracy): plain {_slash(aug['plain'])}, with BAGAN's images "
+             f"{_slash(aug['bagan'])} (above plain on {_count([b > p for b, p in zip(aug['bagan'], aug['plain'])])}); "
+             f"oversampling the real ones {_slash(aug['oversample'])}"
+             + (f", mirroring them {_slash(aug['mirror'])}" if "mirror" in aug else "")
+             + f"; BAGAN above oversampling on {_count([b > o for b, o in zip(aug['bagan'], aug['oversample'])])}."]
+    return "\n".join(lines)
+
+
 def _changes(c):
     words = []
     if c.get("policy") == "":
@@ -361,7 +412,8 @@ def times(study):
 
 TABLES = {"cbgan-seeds": cbgan_seeds, "cbgan-readme": cbgan_readme, "glance-holds": glance_holds,
           "main-job-time": main_job_time, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
-          "bagan-readme": bagan_readme, "acgan-trial": acgan_trial, "softlabel-seeds": softlabel_seeds,
+          "bagan-readme": bagan_readme, "bagan-holds": bagan_holds, "acgan-trial": acgan_trial,
+          "softlabel-seeds": softlabel_seeds,
           "softlabel-readme": softlabel_readme, "softlabel-holds": softlabel_holds,
           "bagan-time": lambda: times("bagan"), "softlabel-time": lambda: times("softlabel")}
 
