@@ -28,7 +28,7 @@ from torch.nn.utils import spectral_norm as torch_sn
 
 from cbgan_ext import ops
 from cbgan_ext.nn import SNConv2d, SNLinear, spectral_norm_update_
-from cbgan_ext.ops.spectral_norm import _spectral_norm_weight_module, _spectral_norm_weight_multi_module
+from cbgan_ext.ops.spectral_norm import spectral_norm_weight_module, spectral_norm_weight_multi_module
 from conftest import DEVICES, timed
 
 # Table 3: (in, out, kernel, stride); padding 1, LeakyReLU(0.1) after each conv, global sum pooling, FC(512, 1).
@@ -187,7 +187,7 @@ def _sn_autograd_step(impl, scope, model):
     torch.manual_seed(1)
     grads = [torch.randn_like(w) for w in weights]
     if scope == "per_layer":
-        single = _spectral_norm_weight_module if impl == "fused" else _PyWeightFn.apply
+        single = spectral_norm_weight_module if impl == "fused" else _PyWeightFn.apply
 
         def step():
             w_sn = []
@@ -198,7 +198,7 @@ def _sn_autograd_step(impl, scope, model):
                 w_sn.append(out[0])
             return torch.autograd.grad(w_sn, weights, grads)
     else:
-        multi = _spectral_norm_weight_multi_module if impl == "fused" else _py_multi
+        multi = spectral_norm_weight_multi_module if impl == "fused" else _py_multi
 
         def step():
             w_sn, u2, v2, _ = multi(weights, us, vs, dims, n, eps)

@@ -61,12 +61,25 @@ def build_parser():
     return parser
 
 
+_CONFIG_HELP = ("JSON (or YAML) file of flag names to values, read as defaults: flags on the line win (configs/ has "
+                "the papers' settings)")
+
+
+CONFIG_COMMANDS = ("train", "train-classifier", "demo")  # the commands that take --config FILE
+
+
 def main(argv=None):
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("CBGAN_EXT_DEBUG", "") not in ("", "0")
     trust = "--trust-pickle" in argv
     argv = [a for a in argv if a not in ("--debug", "--trust-pickle")]  # accepted anywhere on the line
+    try:
+        _apply_config_file(parser, argv)
+    except UsageError as e:
+        command = next((a for a in argv if a in _SUBCOMMANDS), "")
+        print(f"cbgan-ext {command}: error: {e}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()
@@ -88,6 +101,118 @@ def main(argv=None):
     finally:
         if previous is not None:
             checkpoint.trust_pickle(previous)
+
+
+def _config_value(argv, command):
+    """The value of --config on the line as argparse reads it (``--config=F``, an abbreviation, the last one)."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("--config")
+    try:
+        known, _ = pre.parse_known_args(argv[argv.index(command) + 1:] if command else argv)
+    except argparse.ArgumentError as e:
+        raise UsageError(f"--config: {e.message}") from None
+    return known.config
+
+
+def load_config_file(path):
+    """A --config file: JSON, or YAML (.yaml/.yml, needs PyYAML), holding one object of flag names to values."""
+    if not os.path.isfile(path):
+        raise UsageError(f"--config: no file {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--config {path}: cannot be read as text ({type(e).__name__})") from None
+    if path.endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise UsageError(f"--config {path}: YAML needs PyYAML (pip install pyyaml); or give the file as JSON") \
+                from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--config {path}: not valid YAML ({' '.join(str(e).split())})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected an object of flag names to values, got {type(data).__name__}")
+    return data
+
+
+def run_config_to_flags(c):
+    """A training run's own config.json as `train` flags: its dataset, the settings its method reads, its files."""
+    from .train.methods import get_method, method_names
+    from .train.options import OPTIONS, unused_options
+    if c.get("method") not in method_names():
+        raise UsageError(f"--config: the run's method {c.get('method')!r} is not one of {', '.join(method_names())}")
+    ds = c["dataset"]
+    # what no flag sets must be what the flags give, or the run would not come back as it was
+    if ds.get("seed") not in (None, c.get("seed")) or ds.get("channels") is not None or \
+            ds.get("resize_mode", "auto") != "auto":
+        raise UsageError("--config: this run's dataset (its own seed, channels or resize mode) cannot be given "
+                         "by train's flags; build it in Python (GANTrainer) instead")
+    out = {"method": c["method"], "dataset": ds.get("name"), "root": ds.get("root"),
+           "imbalance": ds.get("imbalance_ratio"), "profile": ds.get("profile"), "image_size": ds.get("image_size"),
+           "n_max": ds.get("n_max"), "selection": ds.get("selection"), "minority_class": ds.get("minority_class"),
+           "drop_fraction": ds.get("drop_fraction"), "seed": c.get("seed")}
+    settings = {k: c[k] for k in OPTIONS if k in c and c[k] is not None and k != "seed"}
+    unused = set(unused_options(get_method(c["method"]), settings, bool(c.get("cb_reg"))))
+    out.update({k: v for k, v in settings.items() if k not in unused})
+    for key in ("classifier", "annotator", "soft_labels"):
+        out[key] = c.get(key)
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _apply_config_file(parser, argv):
+    """--config FILE: its values become the command's defaults, so flags on the line still win. Keys are flag
+    names (dashes or underscores); one the command lacks, or a value it refuses, is an error naming it. `train`
+    also takes a run's own config.json (what a run writes) and reads its settings back."""
+    command = next((a for a in argv if a in _SUBCOMMANDS), None)
+    path = _config_value(argv, command)
+    if path is None:
+        return
+    if command not in CONFIG_COMMANDS:
+        raise UsageError(f"--config: only for {', '.join(CONFIG_COMMANDS)}")
+    data = load_config_file(path)
+    if command == "train" and isinstance(data.get("dataset"), dict):
+        data = run_config_to_flags(data)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
+    defaults, unknown = {}, []
+    for key, value in data.items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        a = actions.get(dest)
+        if a is None or dest.startswith("_"):
+            unknown.append(key)
+            continue
+        if dest in defaults:
+            raise UsageError(f"--config {path}: {_flag(dest)} is given twice")
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if isinstance(a, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
+            if not isinstance(value, bool):
+                raise UsageError(f"--config {path}: {_flag(dest)} expects true or false, got {value!r}")
+        elif value is not None:
+            if a.type is int and isinstance(value, float) and not value.is_integer():
+                raise UsageError(f"--config {path}: {_flag(dest)}: expected int, got {value!r}")
+            try:
+                value = (a.type or str)(value) if not isinstance(value, bool) else value
+            except (TypeError, ValueError):
+                raise UsageError(f"--config {path}: {_flag(dest)}: expected {getattr(a.type, '__name__', 'a string')}"
+                                 f", got {value!r}") from None
+            if a.choices is not None and value not in a.choices:
+                raise UsageError(f"--config {path}: {_flag(dest)}: expected one of "
+                                 f"{', '.join(map(str, a.choices))}, got {value!r}")
+        defaults[dest] = value
+        if value is not None:
+            a.required = False  # given by the file
+    if unknown:
+        raise UsageError(f"--config {path}: {command} has no flags {', '.join(map(repr, unknown))}")
+    sub.set_defaults(**defaults)
 
 
 def check_args(args, **rules):
@@ -122,7 +247,7 @@ def check_device(name):
             raise UsageError(f"--device {name}: no CUDA device is visible here (torch.cuda.is_available() is False)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type != "cpu":
+    elif device.type != "cpu" or device.index is not None:  # torch cannot load what it saves from "cpu:0"
         raise UsageError(f"--device: expected cpu, cuda or cuda:N, got {name!r}")
     return name
 
@@ -201,7 +326,8 @@ def add_dataset_arguments(p, imbalance_default=1.0):
                    help="profile bagan: the fraction of each minority class dropped, in [0, 1) (default: keep "
                         "n_max/rho)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
+    p.add_argument("--download", default=False, action=argparse.BooleanOptionalAction,
+                   help="let torchvision download the dataset (needs internet)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
@@ -211,6 +337,7 @@ def add_dataset_arguments(p, imbalance_default=1.0):
 def _configure_train_classifier(p):
     from .nn.long_tail_losses import LOSSES
     from .train.classifier import AMP_DTYPES, AUGMENTS, LR_SCHEDULES
+    p.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
     add_dataset_arguments(p, imbalance_default=1.0)
     p.add_argument("--loss", default="ce", choices=LOSSES)
     p.add_argument("--out", required=True, help="checkpoint path (written atomically)")
@@ -315,6 +442,7 @@ def _train_classifier_with(args, device):
 def _configure_train(p):
     from .train.methods import method_names
     from .train.options import OPTIONS
+    p.add_argument("--config", metavar="FILE", help=_CONFIG_HELP + "; also a run's own config.json")
     add_dataset_arguments(p, imbalance_default=100.0)
     p.add_argument("--method", default="cbgan", choices=method_names(),
                    help="; ".join(f"{n}: {t}" for n, t in _method_titles()))
@@ -631,6 +759,7 @@ def _run_methods(args):
 
 def _configure_demo(p):
     from .pipeline import PRESETS
+    p.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
     p.add_argument("--out", default="runs/demo", help="output directory (the run resumes when it exists)")
     p.add_argument("--preset", default="default", choices=tuple(PRESETS),
                    help="; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()))
@@ -658,10 +787,11 @@ def _configure_demo(p):
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run the job once per seed in OUT/seed<s> "
                    "and write OUT/summary.md (mean and spread)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads in all (default: torch's, the cores)")
+    p.add_argument("--device", default="cpu", help="where every training and evaluation runs: cpu, cuda or cuda:N")
     p.add_argument("--jobs", type=int, default=None,
                    help="worker processes for the job's independent trainings, each with threads/jobs threads "
-                        "(default: 2 where 2 cores are available, else 1; at most --threads; 1 trains everything in "
-                        "this process)")
+                        "(default: on cpu 2 where 2 cores are available, else 1; on cuda 1; at most --threads; 1 "
+                        "trains everything in this process)")
 
 
 @subcommand("demo", help="the main job: an annotator, then its sections (CBGAN and its baseline on long-tailed "
@@ -673,6 +803,7 @@ def _run_demo(args):
     check_args(args, steps=int_check(1), classifier_epochs=positive, annotator_epochs=positive, gan_width=positive,
                final_samples=int_check(2), lam=float_check(0), seed=int_check(0), threads=int_check(1),
                jobs=int_check(1))
+    check_device(args.device)
     from .train.methods import method_names
     methods = None
     if args.methods:
@@ -704,8 +835,10 @@ def _run_demo(args):
     if cb_only and "cbgan" not in sections:
         raise UsageError(f"{', '.join(cb_only)}: set the cbgan section, and --sections has no cbgan")
     from .pipeline import default_jobs
-    kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads,
-              jobs=default_jobs() if args.jobs is None else args.jobs,
+    import torch
+    on_cpu = torch.device(args.device).type == "cpu"
+    kw = dict(sections=sections, preset=args.preset, steps=args.steps, threads=args.threads, device=args.device,
+              jobs=(default_jobs() if on_cpu else 1) if args.jobs is None else args.jobs,
               classifier_epochs=args.classifier_epochs,
               annotator_epochs=args.annotator_epochs, gan_width=args.gan_width, final_samples=args.final_samples,
               weighting=args.weighting, lam=args.lam, methods=methods)

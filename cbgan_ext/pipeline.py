@@ -16,6 +16,7 @@ wants ``best.pt``, the lowest FD-annotator checkpoint, trains with ``cbgan-ext t
 import json
 import math
 import os
+import platform
 import statistics
 import time
 
@@ -26,19 +27,19 @@ from .data import get_dataset
 from .metrics import inception_available
 from .models.classifier import load_classifier
 from .train import checkpoint as ckpt
-from .train.classifier import _file_digest, train_classifier
+from .train.classifier import file_digest, train_classifier
 from .train.evaluate import Evaluator
 from .train.gan import GANTrainer
 from .train.methods import get_method, method_names
 
-# eval_every 0: the test split once, at the end (every epoch cost as much as training the Softlabel classifier)
+# eval_every 0: the test split once, at the end (a test pass each epoch costs about as much as an epoch)
 _CLASSIFIER = dict(loss="drw", epochs=10, width=0.5, depth=32, lr_schedule="cosine", drw_epoch=7, amp="auto",
                    eval_every=0)
 _ANNOTATOR = dict(loss="ce", epochs=2, width=0.5, depth=32, lr_schedule="cosine", amp="auto", eval_every=0)
 # The released code's weighting (bounded by K; the paper's w = 1/N_k explodes for a class the generator stops
 # drawing), a short cycle for a short run, and the term from step 500, once G draws shapes (from the first step
-# it paints classifier-pleasing stripes before any garment). The README's cbgan recording says what was tried.
-# No evaluation during training: the report reads only the final one (each cost ~10% of 250 steps).
+# it paints classifier-pleasing stripes before any garment); docs/main-job/README.md says what was tried.
+# No evaluation during training: the report reads only the final one.
 _GAN = dict(arch="sndcgan", width=0.25, steps=2000, batch_size=64, cycle=50, eval_every=0, sample_every=0,
             ckpt_every=125, ema_start=1000, ema_decay=0.999, eval_samples=2000, weighting="official", lam=5.0,
             cb_start=500)
@@ -68,16 +69,16 @@ _SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal",
                   lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
                                   amp="auto", eval_every=0),
-                  gan=dict(width=0.125, batch_size=64, n_dis=2, steps=2000, ema_start=1000,
+                  gan=dict(width=0.125, batch_size=64, n_dis=2, steps=1500, ema_start=750,
                            ema_decay=0.995, real_sampling="balanced", eval_every=0, sample_every=0, ckpt_every=100,
                            log_every=50))
 
 PRESETS = {
-    "default": dict(about="the main job: the cbgan section, BAGAN vs ACGAN, Softlabel-GAN vs DiffAug-GAN; over "
-                          "an hour on 2 CPU cores with 2 jobs", dataset="fashion-mnist", imbalance=100.0,
+    "default": dict(about="the main job: the cbgan section, BAGAN vs ACGAN, Softlabel-GAN vs DiffAug-GAN",
+                    dataset="fashion-mnist", imbalance=100.0,
                     image_size=32, classifier=_CLASSIFIER, annotator=_ANNOTATOR, gan=_GAN, final_samples=5000,
                     bagan=_BAGAN, softlabel=_SOFTLABEL),
-    "quick": dict(about="a first look at every stage, shorter everywhere (its numbers are not results); not timed",
+    "quick": dict(about="a first look at every stage, shorter everywhere (its numbers are not results)",
                   dataset="fashion-mnist", imbalance=100.0, image_size=32,
                   classifier=dict(_CLASSIFIER, epochs=4, drw_epoch=3), annotator=dict(_ANNOTATOR, epochs=1),
                   gan=dict(_GAN, steps=500, ema_start=250, cb_start=250), final_samples=2000,
@@ -85,7 +86,7 @@ PRESETS = {
                              gan=dict(_BAGAN["gan"], steps=200, ae_steps=100, ema_start=100)),
                   softlabel=dict(_SOFTLABEL, eval_samples=1000, classifier=dict(_SOFTLABEL["classifier"], epochs=5),
                                  gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150))),
-    "tiny": dict(about="a smoke test of every stage in about a minute (scikit-learn's digits, tiny networks)",
+    "tiny": dict(about="a smoke test of every stage (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
                  annotator=dict(_ANNOTATOR, epochs=2, depth=8, amp="none"),
@@ -113,13 +114,14 @@ def _log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads, progress=True):
+def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads, progress=True, device="cpu"):
     state = ckpt.load(path, what="classifier") if os.path.exists(path) else None
     if state is not None and state.get("finished", False):
         _check_finished_classifier(path, state, dict(dataset=dataset, imbalance_ratio=imbalance,
                                                      image_size=image_size, seed=seed, **settings))
     else:
-        train_classifier(path, resume=os.path.exists(path), progress=progress, threads=threads, dataset=dataset,
+        train_classifier(path, resume=os.path.exists(path), progress=progress, threads=threads, device=device,
+                         dataset=dataset,
                          imbalance_ratio=imbalance, image_size=image_size, seed=seed, **settings)
     return load_classifier(path)
 
@@ -127,10 +129,10 @@ def _classifier(path, *, dataset, imbalance, image_size, settings, seed, threads
 def _check_finished_classifier(path, state, settings):
     """A finished classifier of other settings is refused, naming the keys (a key its checkpoint predates counts
     as its default), as a resume of an unfinished one is."""
-    from .train.classifier import _RESUME_KEYS, _default_config
+    from .train.classifier import RESUME_KEYS, default_config
     from .train.loop import ConfigMismatchError
-    want, have = _default_config(**settings), state.get("train_config") or {}
-    diff = [k for k in (*_RESUME_KEYS, "epochs", "drw_epoch") if have.get(k, want[k]) != want[k]]
+    want, have = default_config(**settings), state.get("train_config") or {}
+    diff = [k for k in (*RESUME_KEYS, "epochs", "drw_epoch") if have.get(k, want[k]) != want[k]]
     if diff:
         what = ", ".join(f"{k}: {have.get(k)!r} there, {want[k]!r} now" for k in diff)
         raise ConfigMismatchError(f"{path} holds a finished classifier of other settings ({what}); use another --out")
@@ -169,19 +171,23 @@ def resolve_config(preset="default", *, steps=None, classifier_epochs=None, anno
     return cfg
 
 
-def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, progress=True, **overrides):
+def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, progress=True, device="cpu",
+        **overrides):
     """The main job in ``out`` (resumed when it exists). ``jobs`` > 1 trains the job's independent stages in that
     many worker processes first (each with ``threads // jobs`` threads; ``jobs`` is capped at ``threads``; their
     output in ``out/logs``), then the report pass finds them done. The workers are spawned, so they import the calling
-    script: call it under ``if __name__ == "__main__":``."""
+    script: call it under ``if __name__ == "__main__":``. ``device``: where every training and evaluation runs
+    (resume a job on the device it started on: its runs' random streams live there)."""
     resolve_config(preset, **overrides)  # settings checked before the folder is made
     if int(jobs) < 1:
         raise ValueError(f"demo: jobs must be >= 1, got {jobs!r}")
+    device = str(torch.device(device))
     out = os.path.abspath(out)  # the runs' configs name their annotator and classifier from anywhere
     os.makedirs(out, exist_ok=True)
     lock = ckpt.RunLock(ckpt.lock_path(os.path.join(out, "job")), f"main-job directory {out}").acquire()
     try:
-        return _run(out, preset=preset, seed=seed, threads=threads, jobs=int(jobs), progress=progress, **overrides)
+        return _run(out, preset=preset, seed=seed, threads=threads, jobs=int(jobs), progress=progress, device=device,
+                    **overrides)
     finally:
         lock.release()
 
@@ -196,8 +202,9 @@ def default_jobs():
     return 2 if cores >= 2 else 1
 
 
-def _run(out, *, preset, seed, threads, jobs, progress, **overrides):
+def _run(out, *, preset, seed, threads, jobs, progress, device="cpu", **overrides):
     cfg = resolve_config(preset, **overrides)
+    cfg["device"] = device  # read by every stage, in this process and the workers
     if threads:
         torch.set_num_threads(int(threads))
     os.makedirs(out, exist_ok=True)
@@ -227,7 +234,8 @@ def _run(out, *, preset, seed, threads, jobs, progress, **overrides):
 
     evaluator = None
     if cbgan:
-        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=cfg["gan"]["eval_samples"])
+        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=cfg["gan"]["eval_samples"],
+                                                 device=_device(cfg))
     results = {}
     for i, method in enumerate(cfg["methods"] if cbgan else ()):
         _log(f"4/5 {method} ({i + 1}/{len(cfg['methods'])})")
@@ -249,6 +257,10 @@ def _run(out, *, preset, seed, threads, jobs, progress, **overrides):
 # ---- the job's units: each trains what is missing (resuming), evaluates what is not cached, and returns its
 # result; the serial pass and the worker processes call the same functions.
 
+def _device(cfg):
+    return cfg.get("device", "cpu")
+
+
 def _cbgan_data(cfg, seed):
     return get_dataset(cfg["dataset"], "train", image_size=cfg["image_size"], imbalance_ratio=cfg["imbalance"],
                        seed=seed)
@@ -257,13 +269,13 @@ def _cbgan_data(cfg, seed):
 def _loop_classifier(out, cfg, seed, threads=None, progress=True):
     return _classifier(os.path.join(out, "classifier.pt"), dataset=cfg["dataset"], imbalance=cfg["imbalance"],
                        image_size=cfg["image_size"], settings=cfg["classifier"], seed=seed, threads=threads,
-                       progress=progress)
+                       progress=progress, device=_device(cfg))
 
 
 def _annotator(out, cfg, seed, threads=None, progress=True):
     return _classifier(os.path.join(out, "annotator.pt"), dataset=cfg["dataset"], imbalance=1.0,
                        image_size=cfg["image_size"], settings=cfg["annotator"], seed=seed + 1, threads=threads,
-                       progress=progress)
+                       progress=progress, device=_device(cfg))
 
 
 def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None, ann=None, evaluator=None):
@@ -276,9 +288,10 @@ def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None,
         clf = load_classifier(os.path.join(out, "classifier.pt"))
     ann = ann if ann is not None else load_classifier(os.path.join(out, "annotator.pt"))
     if evaluator is None:
-        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"])
+        evaluator = Evaluator.for_dataset_config(ann, train.config, train.num_classes, n=g["eval_samples"],
+                                                 device=_device(cfg))
     trainer = GANTrainer(train, os.path.join(out, method), method=method, classifier=clf if needs_clf else None,
-                         annotator=ann, seed=seed, progress=progress, fid="annotator",
+                         annotator=ann, seed=seed, progress=progress, fid="annotator", device=_device(cfg),
                          **{k: v for k, v in g.items() if k not in _CB_SETTINGS or needs_clf})
     trainer.evaluator = evaluator
     trainer.config.update(annotator=os.path.join(out, "annotator.pt"),
@@ -290,7 +303,7 @@ def cbgan_method(out, cfg, seed, method, progress=True, *, train=None, clf=None,
         res = evaluator(trainer.ema.model, z_dim=trainer.z_dim, conditional=trainer.method.conditional,
                         n=cfg["final_samples"], seed=2024)
         return dict(res, step=trainer.step)
-    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=cfg["final_samples"], seed=2024,
+    key = dict(step=trainer.step, annotator_sha256=file_digest(ann_path), n=cfg["final_samples"], seed=2024,
                evaluator_n=g["eval_samples"])
     res = _cached_eval(os.path.join(out, method, "final_eval.json"), key, final)
     res.pop("eval_key", None)
@@ -327,12 +340,13 @@ def bagan_method(out, cfg, seed, method, progress=True, data=None):
     ann_path = os.path.join(out, "annotator.pt")
     d = os.path.join(out, "bagan", method)
     data = data if data is not None else _bagan_data(cfg, seed)
-    trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, **bagan_gan_settings(b, method))
+    trainer = GANTrainer(data, d, method=method, seed=seed, progress=progress, device=_device(cfg),
+                         **bagan_gan_settings(b, method))
     trainer.config.update(annotator=ann_path)
     trainer.run()
-    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=b["eval_samples"])
+    key = dict(step=trainer.step, annotator_sha256=file_digest(ann_path), n=b["eval_samples"])
     res = _cached_eval(os.path.join(d, "eval.json"), key, lambda: evaluate_run(
-        d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0))
+        d, "last", annotator=ann_path, n=b["eval_samples"], fid="annotator", lpips_images=0, device=_device(cfg)))
     _sample_grid(trainer, os.path.join(out, "bagan", f"samples_{method}.png"))
     return res
 
@@ -343,7 +357,7 @@ def bagan_augment(out, cfg, seed, progress=True):
     b = cfg["bagan"]
     dirs = [os.path.join(out, "bagan", m) for m in b["methods"] if m in b["augment_methods"]]
     return augment_eval(os.path.join(out, "bagan", "augment"), dirs, checkpoint="last", seed=seed, progress=progress,
-                        rows=tuple(b["augment_rows"]), **b["augment"])
+                        rows=tuple(b["augment_rows"]), device=_device(cfg), **b["augment"])
 
 
 def bagan_gan_settings(b, method):
@@ -427,7 +441,7 @@ def softlabel_classifier(out, cfg, seed, threads=None, progress=True):
     return _classifier(os.path.join(out, "softlabel", "softlabel_classifier.pt"), dataset=cfg["dataset"],
                        imbalance=kw.get("imbalance_ratio", 1.0), image_size=cfg["image_size"],
                        settings=dict(sl["classifier"], profile=sl["profile"]), seed=seed, threads=threads,
-                       progress=progress)
+                       progress=progress, device=_device(cfg))
 
 
 def softlabel_method(out, cfg, seed, method, progress=True, data=None):
@@ -441,13 +455,13 @@ def softlabel_method(out, cfg, seed, method, progress=True, data=None):
     ann_path = os.path.join(out, "annotator.pt")
     data = data if data is not None else _softlabel_data(cfg, seed)
     needs = get_method(method).needs_soft_labels
-    trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress,
-                         soft_labels=soft_labels(clf_path, data) if needs else None, **sl["gan"])
+    trainer = GANTrainer(data, md, method=method, seed=seed, progress=progress, device=_device(cfg),
+                         soft_labels=soft_labels(clf_path, data, device=_device(cfg)) if needs else None, **sl["gan"])
     trainer.config.update(annotator=ann_path, soft_labels=clf_path if needs else None)
     trainer.run()
-    key = dict(step=trainer.step, annotator_sha256=_file_digest(ann_path), n=sl["eval_samples"],
+    key = dict(step=trainer.step, annotator_sha256=file_digest(ann_path), n=sl["eval_samples"],
                lpips_images=sl["lpips_images"])
-    res = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl))
+    res = _cached_eval(os.path.join(md, "eval.json"), key, lambda: _softlabel_eval(md, ann_path, sl, _device(cfg)))
     _sample_grid(trainer, os.path.join(d, f"samples_{method}.png"))
     return res
 
@@ -579,10 +593,10 @@ def _cached_eval(path, key, compute):
     return res
 
 
-def _softlabel_eval(run_dir, ann_path, sl):
+def _softlabel_eval(run_dir, ann_path, sl, device="cpu"):
     from .train.gan import evaluate_run
     return evaluate_run(run_dir, "last", annotator=ann_path, n=sl["eval_samples"], fid="annotator", seed=2024,
-                        lpips_images=sl["lpips_images"])
+                        lpips_images=sl["lpips_images"], device=device)
 
 
 def plot_intra_fd(path, evals, class_counts, classes):
@@ -686,9 +700,13 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None
                 "on the annotator's penultimate features (FD-annotator), against the balanced test split. It is "
                 "not comparable with published FIDs.")
     ratios = _ratios(results)
+    machine = machine_info(cfg.get("device", "cpu"))
     lines = [f"# cbgan_ext main job on {cfg['dataset']} (preset {cfg['preset']}, seed {seed}, sections "
              f"{', '.join(cfg['sections'])})", "",
-             f"{seconds / 60:.1f} min in this invocation (finished stages resume)."]
+             f"{seconds / 60:.1f} min in this invocation (finished stages resume). Machine: {machine['cpu']} "
+             f"({', '.join(machine['cpu_flags']) or machine['cpu_capability']}, {machine['cores']} cores), torch "
+             f"{machine['torch']}"
+             + (f", {machine['gpu']}" if machine.get("gpu") else "") + "."]
     if results:
         lines += _cbgan_lines(cfg, train, results, ratios, classes)
     lines += ["", fid_note, "", "## Classifiers", "",
@@ -705,11 +723,35 @@ def write_report(out, cfg, train, results, accuracies, seconds, seed, bagan=None
         lines += _softlabel_lines(softlabel)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"config": cfg, "seed": seed, "results": results, "ratios": ratios, "classifiers": accuracies,
-                   "bagan": bagan, "softlabel": softlabel, "minutes": seconds / 60}, f, indent=1, default=str)
+                   "bagan": bagan, "softlabel": softlabel, "minutes": seconds / 60, "machine": machine}, f, indent=1,
+                  default=str)
     path = os.path.join(out, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def machine_info(device="cpu"):
+    """What the digits came from: they move with the CPU's vector units (AVX2 or AVX-512, and with AMX or
+    AVX-512 BF16 the classifiers train in bf16 under amp="auto"), the core count and the torch build."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in text if line.startswith("model name")), cpu)
+        have = next((line.split(":", 1)[1].split() for line in text if line.startswith("flags")), [])
+        flags = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if x in have]
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    info = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": flags,
+            "cores": cores, "torch": torch.__version__}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def _histogram_figure(out, cfg, train, results, classes):
@@ -781,12 +823,13 @@ def run_seeds(out, seeds, **kw):
 def write_summary(out, per_seed):
     seeds = list(per_seed)
     first = per_seed[seeds[0]]
-    methods = list(first["results"])
+    # the methods every seed ran (seeds of one section may come from whole jobs and from that section alone)
+    methods = [m for m in first["results"] if all(m in (per_seed[s]["results"] or {}) for s in seeds)]
     rows = []
     for m in methods:
         for key, label in (("kl", "KL ↓"), ("fd", "FD-annotator ↓"), ("confidence", "annotator confidence")):
             rows.append((f"{m} {label}", [per_seed[s]["results"][m][key] for s in seeds]))
-        if m in first["ratios"]:
+        if all(m in (per_seed[s]["ratios"] or {}) for s in seeds):
             rows.append((f"{m} KL ratio (gan / {m})", [per_seed[s]["ratios"][m]["kl_ratio"] for s in seeds]))
             rows.append((f"{m} FD ratio ({m} / gan)", [per_seed[s]["ratios"][m]["fd_ratio"] for s in seeds]))
     if all(per_seed[s].get("bagan") for s in seeds):

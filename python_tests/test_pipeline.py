@@ -107,7 +107,8 @@ def test_setup_declares_every_third_party_import():
     declared = {d.lower() for d in project["dependencies"]}
     extras = {d.lower() for group in project["optional-dependencies"].values() for d in group}
     dist = {"cleanfid": "clean-fid", "PIL": "pillow", "sklearn": "scikit-learn", "numpy": "numpy", "scipy": "scipy",
-            "tqdm": "tqdm", "matplotlib": "matplotlib", "prdc": "prdc", "torchmetrics": "torchmetrics"}
+            "tqdm": "tqdm", "matplotlib": "matplotlib", "prdc": "prdc", "torchmetrics": "torchmetrics",
+            "yaml": "pyyaml"}
     provided = {"torch", "torchvision"}  # the user's own build (torchvision also comes with clean-fid)
     stdlib = set(__import__("sys").stdlib_module_names) | {"cbgan_ext"}
     for mod in sorted(_third_party_imports() - stdlib - provided):
@@ -193,6 +194,7 @@ def test_default_preset_is_the_recorded_settings():
     sl = default["softlabel"]
     for s in (0, 1, 2):
         res = json.load(open(os.path.join(docs, "softlabel", f"seed{s}", "results.json")))
+        res["config"]["softlabel"]["classifier"].pop("eval_every", None)
         assert res["config"]["softlabel"] == json.loads(json.dumps(sl)), s
         assert list(res["softlabel"]["eval"]) == list(sl["methods"]), s
         for m in sl["methods"]:
@@ -228,3 +230,48 @@ def test_demo_refuses_cbgan_section_flags_without_that_section(capsys, flag, val
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{flag}: set the cbgan section" in err[0]
+
+
+def test_demo_device_reaches_every_training_and_evaluation(tmp_path, monkeypatch):
+    """--device goes to every stage: each call is given it by name (a call that left it out would show None)."""
+    from cbgan_ext.train import augment_eval as ae_mod, gan as gan_mod
+    seen = []
+
+    def spy(name, fn):
+        def wrapped(*a, **kw):
+            seen.append((name, str(kw.get("device"))))
+            return fn(*a, **kw)
+        return wrapped
+    monkeypatch.setattr(pipeline, "GANTrainer", spy("GANTrainer", pipeline.GANTrainer))
+    monkeypatch.setattr(pipeline, "train_classifier", spy("train_classifier", pipeline.train_classifier))
+    monkeypatch.setattr(ae_mod, "augment_eval", spy("augment_eval", ae_mod.augment_eval))
+    monkeypatch.setattr(gan_mod, "evaluate_run", spy("evaluate_run", gan_mod.evaluate_run))
+    monkeypatch.setattr(pipeline.Evaluator, "for_dataset_config",
+                        spy("Evaluator", pipeline.Evaluator.for_dataset_config))
+    out = tmp_path / "dev"
+    pipeline.run(str(out), preset="tiny", jobs=1, progress=False, device="cpu")
+    assert {n for n, _ in seen} == {"GANTrainer", "train_classifier", "augment_eval", "evaluate_run", "Evaluator"}
+    assert all(d == "cpu" for _, d in seen), [x for x in seen if x[1] != "cpu"]
+    res = json.load(open(out / "results.json"))
+    assert res["config"]["device"] == "cpu" and res["machine"]["cores"] >= 1 and res["machine"]["torch"]
+
+
+def test_demo_refuses_a_device_this_machine_lacks(capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert cli.main(["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: no CUDA device is visible here" in err[0]
+    for bad in ("tpu", "cpu:0"):
+        assert cli.main(["demo", "--preset", "tiny", "--out", "/nonexistent/x", "--device", bad]) == 2
+        assert "--device: expected cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+@pytest.mark.needs_cuda
+def test_demo_runs_on_cuda(tmp_path):
+    out = tmp_path / "cuda"
+    assert cli.main(["demo", "--preset", "tiny", "--out", str(out), "--sections", "bagan,softlabel",
+                     "--device", "cuda"]) == 0
+    res = json.load(open(out / "results.json"))
+    assert res["config"]["device"] == "cuda" and list(res["softlabel"]["eval"]) == list(pipeline.SOFTLABEL_METHODS)

@@ -160,3 +160,9 @@ def long_tailed_indices(labels, counts, seed=0, selection="shuffle"):
             rs.shuffle(idx)
         out.append(idx[:n])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def dataset_minority_classes(dataset_config):
+    """The minority classes a dataset's config names: those of the "bagan" profile, none for the others."""
+    c = dataset_config or {}
+    return minority_classes(c.get("minority_class", 0), 10 ** 9) if c.get("profile") == "bagan" else ()

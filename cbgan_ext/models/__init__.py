@@ -1,7 +1,9 @@
 """Networks: GAN generators/discriminators (gan.py) and classifiers (classifier.py)."""
 from .classifier import CifarResNet, NormedLinear, build_classifier, load_classifier, resnet32
-from .gan import (ARCHITECTURES, D_HEADS, ConditionalBatchNorm2d, DCGANDiscriminator, DCGANGenerator,
-                  ResNetDiscriminator, ResNetGenerator, build_gan)
+from .factory import build_gan
+from .gan import (ARCHITECTURES, ConditionalBatchNorm2d, DCGANDiscriminator, DCGANGenerator, ResNetDiscriminator,
+                  ResNetGenerator)
+from .heads import D_HEADS
 
 __all__ = ["ARCHITECTURES", "D_HEADS", "ConditionalBatchNorm2d", "DCGANGenerator", "DCGANDiscriminator",
            "ResNetGenerator", "ResNetDiscriminator",

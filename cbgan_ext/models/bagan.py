@@ -8,7 +8,7 @@ with a ``width`` multiplier on every channel count for CPU runs.
   No batch norm.
 * Encoder and D share one trunk design (separate weights): 3×3 convs 32 (stride 2) → 64 → 128 (stride 2) →
   256, then [256 (stride 2) → 256] until the map is r×r; each LeakyReLU(0.3) and dropout 0.3; flattened.
-  Encoder head: dense to the latent. D head: ``d_head`` of ``cbgan_ext.models.gan`` ("classes+1": K + 1 logits,
+  Encoder head: dense to the latent. D head: ``d_head`` of ``cbgan_ext.models.heads`` ("classes+1": K + 1 logits,
   the last one "fake"; "aux-classifier": ACGAN; "scalar": the single-class GAN). Spectral norm on D is optional
   (off by default, as the paper).
 * BAGAN's G samples its latent from class-conditional Gaussians N(μ_c, Σ_c) fitted on the encoder's codes: the
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..nn import SNConv2d
 from ..nn.upsample_conv import UpsampleConv2d
-from .gan import _Discriminator
+from .heads import HeadedDiscriminator
 
 LATENT = 100  # the released code's latent_size
 LEAKY, DROPOUT = 0.3, 0.3  # Keras' LeakyReLU default slope; the released dropout
@@ -171,7 +171,7 @@ class BAGANEncoder(nn.Module):
         return self.linear(self.trunk(x))
 
 
-class BAGANDiscriminator(_Discriminator):
+class BAGANDiscriminator(HeadedDiscriminator):
     """The trunk, then ``d_head``; ``trunk`` takes the encoder's weights (BAGAN's initialisation)."""
 
     def __init__(self, channels=1, image_size=32, width=1.0, spectral_norm=False, d_head="classes+1", num_classes=0):

@@ -18,15 +18,13 @@ generator's BatchNorms become conditional (class-dependent gain and bias, Miyato
 * ``"classes+1"``: K + 1 logits [B, K+1], the last one "fake" (BAGAN);
 * ``"aux-classifier"``: (logit [B], class logits [B, K]) (ACGAN).
 """
-from typing import Optional, Tuple
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..nn import ProjectionHead, SNConv2d, SNConvTranspose2d, SNLinear
-
-D_HEADS = ("scalar", "projection", "classes+1", "aux-classifier")
+from ..nn import SNConv2d, SNConvTranspose2d
+from .heads import HeadedDiscriminator, linear
 
 
 def _c(n, width):
@@ -35,10 +33,6 @@ def _c(n, width):
 
 def _conv(sn, *args, **kw):
     return SNConv2d(*args, **kw) if sn else nn.Conv2d(*args, **kw)
-
-
-def _linear(sn, *args, **kw):
-    return SNLinear(*args, **kw) if sn else nn.Linear(*args, **kw)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -74,37 +68,6 @@ def _check_condition(module, y, batch):
         raise ValueError(f"{type(module).__name__}: unconditional generator (num_classes=0) given labels y")
 
 
-class _Discriminator(nn.Module):
-    """The head part shared by the discriminators: subclasses define ``features(x)`` and call ``_make_head``."""
-
-    def _make_head(self, sn, feature_dim, d_head, num_classes):
-        if d_head not in D_HEADS:
-            raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
-        if d_head != "scalar" and num_classes < 1:
-            raise ValueError(f"build_gan: d_head={d_head!r} needs num_classes >= 1, got {num_classes}")
-        self.feature_dim, self.d_head, self.num_classes = feature_dim, d_head, int(num_classes)
-        if d_head == "projection":
-            self.head = ProjectionHead(feature_dim, num_classes, spectral_norm=sn)
-        elif d_head == "classes+1":
-            self.linear = _linear(sn, feature_dim, num_classes + 1)
-        else:
-            self.linear = _linear(sn, feature_dim, 1)
-            if d_head == "aux-classifier":
-                self.aux = _linear(sn, feature_dim, num_classes)
-
-    def forward(self, x, y=None):
-        h = self.features(x)
-        if self.d_head == "scalar":
-            return self.linear(h).squeeze(1)
-        if self.d_head == "projection":
-            if y is None:
-                raise ValueError("discriminator: the projection head needs labels y (hard [B] or soft [B, K])")
-            return self.head(h, y)
-        if self.d_head == "classes+1":
-            return self.linear(h)
-        return self.linear(h).squeeze(1), self.aux(h)
-
-
 # ---- SNDCGAN (Tables 2-3) ----------------------------------------------------------------------------
 
 
@@ -115,7 +78,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         dims = [_c(512, width), _c(256, width), _c(128, width), _c(64, width)]
         self.z_dim, self.dims, self.num_classes = z_dim, dims, int(num_classes)
-        self.linear = _linear(spectral_norm, z_dim, dims[0] * 16)
+        self.linear = linear(spectral_norm, z_dim, dims[0] * 16)
         blocks = []
         for cin, cout in zip(dims[:-1], dims[1:]):
             tconv = (SNConvTranspose2d if spectral_norm else nn.ConvTranspose2d)(cin, cout, 4, 2, 1)
@@ -131,7 +94,7 @@ class DCGANGenerator(nn.Module):
         return torch.tanh(self.out(h))
 
 
-class DCGANDiscriminator(_Discriminator):
+class DCGANDiscriminator(HeadedDiscriminator):
     """3 × [CONV(3, 1), LReLU, CONV(4, 2), LReLU] → CONV(3, 1), LReLU → global sum pool → FC (Table 3)."""
 
     def __init__(self, channels=3, width=1.0, spectral_norm=True, d_head="scalar", num_classes=0):
@@ -208,7 +171,7 @@ class ResNetGenerator(nn.Module):
         else:
             raise ValueError(f"ResNetGenerator: image_size must be 32 or 64, got {image_size}")
         self.z_dim, self.dims, self.num_classes = z_dim, dims, int(num_classes)
-        self.linear = _linear(spectral_norm, z_dim, dims[0] * 16)
+        self.linear = linear(spectral_norm, z_dim, dims[0] * 16)
         self.blocks = nn.Sequential(*[GenBlock(a, b, spectral_norm, self.num_classes)
                                       for a, b in zip(dims[:-1], dims[1:])])
         self.bn = _bn(dims[-1], self.num_classes)
@@ -222,7 +185,7 @@ class ResNetGenerator(nn.Module):
         return torch.tanh(self.out(F.relu(_norm(self.bn, h, y))))
 
 
-class ResNetDiscriminator(_Discriminator):
+class ResNetDiscriminator(HeadedDiscriminator):
     """64×64: DIS_BLOCK (3→64→128→256→512, down) + (512→1024, no down), ReLU, GSP, FC (Table 5).
     32×32: DIS_BLOCK(3, 128, down) + (128, 128, down) + 2 × (128, 128), ReLU, GSP, FC (Miyato et al.)."""
 
@@ -262,58 +225,3 @@ def init_orthogonal_(model):
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
     return model
-
-
-def build_gan(arch: str, *, channels: int = 3, image_size: int = 32, width: float = 1.0, z_dim: int = 128,
-              g_spectral_norm: bool = False, init: str = "ortho", num_classes: int = 0,
-              conditional_g: Optional[bool] = None, d_head: str = "scalar", d_spectral_norm: Optional[bool] = None,
-              g_gaussians: bool = False, g_class_input: str = "multiply") -> Tuple[nn.Module, nn.Module]:
-    """(generator, discriminator) for ``arch`` in ARCHITECTURES; init "ortho" (StudioGAN's) or "default"
-    ("bagan" always has its own, Keras', init).
-
-    ``d_head`` picks the discriminator's head (D_HEADS) for ``num_classes`` K. The generator is conditional
-    (conditional BatchNorm, ``G(z, y)``) when ``conditional_g``; by default when the head reads labels
-    ("projection", "aux-classifier"). BAGAN's "classes+1" D pairs with a generator conditioned through class
-    Gaussians on its latent (``g_gaussians``, arch "bagan" only); arch "bagan"'s ACGAN generator takes its class
-    as ``g_class_input`` ("multiply" or "concat", see ``models/bagan.py``). ``d_spectral_norm``: None for the
-    architecture's own (on, except "bagan")."""
-    if d_head not in D_HEADS:
-        raise ValueError(f"build_gan: d_head must be one of {D_HEADS}, got {d_head!r}")
-    if conditional_g is None:
-        conditional_g = d_head in ("projection", "aux-classifier")
-    g_classes = int(num_classes) if conditional_g or g_gaussians else 0
-    if g_class_input != "multiply" and arch != "bagan":
-        raise ValueError(f"build_gan: g_class_input is BAGAN's ACGAN generator's (arch 'bagan'), got arch {arch!r}")
-    if g_gaussians and arch != "bagan":
-        raise ValueError(f"build_gan: class Gaussians on the latent (g_gaussians) are BAGAN's: arch 'bagan', "
-                         f"got {arch!r}")
-    if d_spectral_norm is not None and arch != "bagan" and not d_spectral_norm:
-        raise ValueError(f"build_gan: {arch} is defined with a spectrally normalised D")
-    if conditional_g and g_classes < 1:
-        raise ValueError(f"build_gan: a conditional generator needs num_classes >= 1, got {num_classes}")
-    if arch == "sndcgan":
-        if image_size != 32:
-            raise ValueError(f"build_gan: sndcgan is defined at 32×32, got image_size={image_size}")
-        G = DCGANGenerator(z_dim, channels, width, g_spectral_norm, g_classes)
-        D = DCGANDiscriminator(channels, width, d_head=d_head, num_classes=num_classes)
-    elif arch == "snresgan":
-        G = ResNetGenerator(z_dim, channels, image_size, width, g_spectral_norm, g_classes)
-        D = ResNetDiscriminator(channels, image_size, width, d_head=d_head, num_classes=num_classes)
-    elif arch == "biggan":
-        from .biggan import BigGANDiscriminator, BigGANGenerator
-        if d_head != "projection" or not conditional_g:
-            raise ValueError("build_gan: biggan is the conditional G / projection D pair (d_head='projection')")
-        G = BigGANGenerator(z_dim, channels, image_size, width, g_classes)
-        D = BigGANDiscriminator(channels, image_size, width, num_classes)
-    elif arch == "bagan":
-        from .bagan import BAGANDiscriminator, BAGANGenerator
-        G = BAGANGenerator(z_dim, channels, image_size, width, g_classes, gaussians=g_gaussians,
-                           class_input=g_class_input)
-        D = BAGANDiscriminator(channels, image_size, width, bool(d_spectral_norm), d_head, num_classes)
-        return G, D
-    else:
-        raise ValueError(f"build_gan: unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
-    if init == "ortho":
-        init_orthogonal_(G)
-        init_orthogonal_(D)
-    return G, D

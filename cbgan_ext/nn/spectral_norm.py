@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.spectral_norm import SpectralNorm, SpectralNormLoadStateDictPreHook, SpectralNormStateDictHook
 
-from ..ops.spectral_norm import _spectral_norm_weight_module, _spectral_norm_weight_multi_module
+from ..ops.spectral_norm import spectral_norm_weight_module, spectral_norm_weight_multi_module
 
 __all__ = ["SNConv2d", "SNConvTranspose2d", "SNLinear", "SNEmbedding", "convert_spectral_norm",
            "spectral_norm_update_"]
@@ -74,7 +74,7 @@ class _SpectralNormMixin:
     def normalized_weight(self):
         """W_sn = W / σ with σ = uᵀ W v for the current buffers: the W_sn the last training forward used
         (while W is unchanged), and what an eval forward uses. No side effects; differentiable w.r.t. W."""
-        return _spectral_norm_weight_module(self.weight_orig, self.weight_u, self.weight_v, self._sn.dim, 0,
+        return spectral_norm_weight_module(self.weight_orig, self.weight_u, self.weight_v, self._sn.dim, 0,
                                             self._sn.eps)[0]
 
     def forward_weight(self):
@@ -101,7 +101,7 @@ class _SpectralNormMixin:
             # W changed (or train/eval switched) since spectral_norm_update_: that update stands as a step of
             # its own and this forward runs its own, as a torch forward would.
         n = self._sn.n_power_iterations if self.training else 0
-        w_sn, u, v, _ = _spectral_norm_weight_module(self.weight_orig, self.weight_u, self.weight_v, self._sn.dim, n,
+        w_sn, u, v, _ = spectral_norm_weight_module(self.weight_orig, self.weight_u, self.weight_v, self._sn.dim, n,
                                                      self._sn.eps)
         if n:
             with torch.no_grad():  # in place, as torch does (DataParallel replicas share the buffers)
@@ -261,7 +261,7 @@ def spectral_norm_update_(model):
         weights = [m.weight_orig for m in layers]
         us = [m.weight_u for m in layers]
         vs = [m.weight_v for m in layers]
-        w_sn, new_u, new_v, _ = _spectral_norm_weight_multi_module(weights, us, vs, [m._sn.dim for m in layers], n,
+        w_sn, new_u, new_v, _ = spectral_norm_weight_multi_module(weights, us, vs, [m._sn.dim for m in layers], n,
                                                                    eps)
         if n:
             with torch.no_grad():

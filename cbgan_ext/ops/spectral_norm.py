@@ -176,12 +176,12 @@ def spectral_norm_weight_multi(weights, us, vs, dims, n_power_iterations=1, eps=
 # kernel), skipping the wrappers' Python checks.
 
 
-def _spectral_norm_weight_module(weight, u, v, dim, n, eps):
+def spectral_norm_weight_module(weight, u, v, dim, n, eps):
     """spectral_norm_weight for the modules (arguments already valid)."""
     return torch.ops.cbgan_ext.spectral_norm_weight.default(weight, u, v, dim, n, eps)
 
 
-def _spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
+def spectral_norm_weight_multi_module(weights, us, vs, dims, n, eps):
     """spectral_norm_weight_multi for spectral_norm_update_ (arguments already valid)."""
     return torch.ops.cbgan_ext.spectral_norm_weight_multi.default(list(weights), list(us), list(vs), list(dims), n,
                                                                   eps)

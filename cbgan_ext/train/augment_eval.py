@@ -21,7 +21,8 @@ import torch
 
 from ..data import dataset_from_config
 from . import checkpoint as ckpt
-from .gan import _minority_of, load_run
+from ..data import dataset_minority_classes
+from .gan import load_run
 
 
 def _to_uint8(x):
@@ -81,7 +82,7 @@ def augment_eval(out, runs, *, dataset_config=None, rows=("plain", "oversample",
         if c.get("dataset") != dataset_config:
             raise ValueError(f"augment-eval: {r} was trained on another dataset ({c.get('dataset')}) than "
                              f"{dataset_config}")
-    minority = _minority_of(dataset_config)
+    minority = dataset_minority_classes(dataset_config)
     if not minority:
         raise ValueError("augment-eval: the dataset has no minority class: it needs the bagan profile "
                          "(--profile bagan --minority-class K --drop-fraction F)")

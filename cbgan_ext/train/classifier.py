@@ -44,7 +44,7 @@ LR_SCHEDULES = ("step", "cosine", "constant")
 AUGMENTS = ("crop-flip", "crop", "none")
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # What must agree between a checkpoint and the arguments of a resumed run.
-_RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "selection", "seed", "image_size", "n_max", "loss",
+RESUME_KEYS = ("dataset", "root", "imbalance_ratio", "profile", "selection", "seed", "image_size", "n_max", "loss",
                 "width", "depth", "batch_size", "lr", "momentum", "weight_decay", "lr_schedule", "augment", "amp",
                 "minority_class", "drop_fraction", "extra_sha256")
 
@@ -137,7 +137,7 @@ def resolve_amp(amp, device):
     return amp
 
 
-def _default_config(**kw):
+def default_config(**kw):
     cfg = dict(dataset="fashion-mnist", root=None, imbalance_ratio=1.0, profile="exp", selection="shuffle", seed=0,
                minority_class=0, drop_fraction=None, extra=None, extra_sha256=None,
                image_size=None, n_max=None, loss="ce", epochs=10, batch_size=128, lr=0.1, momentum=0.9,
@@ -235,7 +235,7 @@ class ClassifierTrainer(TrainLoop):
         self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
                                    weight_decay=cfg["weight_decay"])
         self.modules, self.optimizers = {"model": self.model}, {"model": self.opt}
-        self.config = {k: cfg[k] for k in _RESUME_KEYS}
+        self.config = {k: cfg[k] for k in RESUME_KEYS}
         self.state = dict(epoch=0, step=0, train_time_s=0.0, train_cpu_s=0.0, history=[], loss_sum=0.0, correct=0,
                           seen=0)
         # running sums stay on the device: reading them every step would synchronise a GPU
@@ -293,7 +293,7 @@ class ClassifierTrainer(TrainLoop):
 
     def saved_config(self, state):
         tc = state.get("train_config", {})
-        return state.get("config") or {k: tc[k] for k in _RESUME_KEYS if k in tc}
+        return state.get("config") or {k: tc[k] for k in RESUME_KEYS if k in tc}
 
     def try_resume(self):
         if self.overwrite:
@@ -378,7 +378,7 @@ def _with_extra(train_set, path):
     merged = ImageDataset(torch.cat([train_set.images, x]), torch.cat([train_set.labels, y.to(torch.int64)]),
                           train_set.num_classes, train_set.classes, None,
                           {**train_set.config, "extra": os.path.abspath(path)})
-    return merged, _file_digest(path)
+    return merged, file_digest(path)
 
 
 def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=None, threads=None,
@@ -395,7 +395,7 @@ def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=N
         torch.set_num_threads(int(threads))
     if deterministic:
         ckpt.use_deterministic_algorithms()
-    cfg = _default_config(**kwargs)
+    cfg = default_config(**kwargs)
     if resume and not os.path.exists(out):
         raise FileNotFoundError(f"train_classifier: nothing to resume, {out} does not exist")
     if os.path.exists(out):
@@ -419,7 +419,7 @@ def train_classifier(out, *, resume=False, overwrite=False, progress=True, log=N
 
 # ------------------------------------------------------------------------------------------------ soft labels
 
-def _file_digest(path):
+def file_digest(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -442,7 +442,7 @@ def soft_labels(checkpoint, dataset=None, *, cache_dir=None, use_cache=True, bat
     checkpoint file, the dataset (config, labels, shape) and the temperature: a retrained checkpoint or another
     subset never reads stale labels.
     """
-    ckpt_digest = _file_digest(checkpoint)
+    ckpt_digest = file_digest(checkpoint)
     model = load_classifier(checkpoint, map_location=device)
     if dataset is None:
         dataset = dataset_from_config(model.checkpoint_info["dataset"])

@@ -28,6 +28,8 @@ from .evaluate import Evaluator, balanced_test_split, generate, lpips_scores
 from .losses import relativistic_d_loss, relativistic_g_loss  # noqa: F401  (re-exported)
 from .loop import EMA, TrainLoop
 from .methods import get_method, method_names
+from .streams import GeneratorState, stream_seed
+from ..data import dataset_minority_classes
 
 PAPER_LAMBDA = {100.0: 10.0, 10.0: 7.5, 1.0: 5.0}  # supplementary Table 1 (CIFAR-10)
 # Settings that change what is logged or evaluated, not the weights: a resume may change them. The soft labels'
@@ -40,27 +42,6 @@ def paper_lambda(imbalance_ratio):
     """The supplementary's λ for the nearest listed imbalance ratio (log scale)."""
     r = max(float(imbalance_ratio), 1.0)
     return PAPER_LAMBDA[min(PAPER_LAMBDA, key=lambda k: abs(math.log(k) - math.log(r)))]
-
-
-class GeneratorState:
-    """A torch.Generator with state_dict/load_state_dict, so the loop checkpoints it."""
-
-    def __init__(self, seed, device="cpu"):
-        self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(int(seed))
-
-    def state_dict(self):
-        return {"state": self.gen.get_state()}
-
-    def load_state_dict(self, d):
-        self.gen.set_state(d["state"].cpu())  # a checkpoint loaded onto the GPU moves the state there too
-
-
-def _stream_seed(seed, stream, rank):
-    """Rank 0: seed + stream (the single-process streams); rank r > 0: a seed derived from (seed, stream, r)."""
-    if rank == 0:
-        return seed + stream
-    return int.from_bytes(hashlib.sha256(repr((seed, stream, rank)).encode()).digest()[:7], "little")
 
 
 def _dataset_imbalance(dataset):
@@ -155,12 +136,12 @@ class GANTrainer(TrainLoop):
         self.optimizers = {"G": torch.optim.Adam(self.G.parameters(), lr=s["lr"], betas=betas),
                            "D": torch.optim.Adam(self.D.parameters(), lr=s["lr"], betas=betas)}
         self.ema = EMA(self.G, s["ema_decay"], s["ema_start"])
-        self.data_rng = GeneratorState(_stream_seed(s["seed"], 1, self.rank))
-        self.noise_rng = GeneratorState(_stream_seed(s["seed"], 2, self.rank), self.device)
+        self.data_rng = GeneratorState(stream_seed(s["seed"], 1, self.rank))
+        self.noise_rng = GeneratorState(stream_seed(s["seed"], 2, self.rank), self.device)
         self.extra_state = {"data_rng": self.data_rng, "noise_rng": self.noise_rng}
         self.policy = s["policy"]
         if self.policy:  # its own stream, so that a policy leaves the data and noise streams as they were
-            self.aug_rng = GeneratorState(_stream_seed(s["seed"], 3, self.rank), self.device)
+            self.aug_rng = GeneratorState(stream_seed(s["seed"], 3, self.rank), self.device)
             self.extra_state["aug_rng"] = self.aug_rng
         for k, v in self.method.state().items():
             self.extra_state[f"method.{k}"] = v
@@ -348,12 +329,6 @@ def load_generator(run_dir, checkpoint="best", device="cpu"):
     return run.G, run.z_dim
 
 
-def _minority_of(dataset_config):
-    from ..data import minority_classes
-    c = dataset_config or {}
-    return minority_classes(c.get("minority_class", 0), 10 ** 9) if c.get("profile") == "bagan" else ()
-
-
 def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto", device="cpu", seed=0,
                  ssim_pairs=500, ssim_queries=50, ssim_pool=500, lpips_images=100, generator="ema", loaded=None):
     """The metrics of a run against the balanced test split of its dataset (see ``Evaluator``); BAGAN-family
@@ -379,7 +354,7 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
         from ..data import dataset_from_config
         train = dataset_from_config(c["dataset"])
         variability = (train.float_images(), train.labels, ssim_pairs, ssim_queries, ssim_pool,
-                       _minority_of(c["dataset"]) or None)
+                       dataset_minority_classes(c["dataset"]) or None)
     ev = Evaluator(ann, real.float_images(), run.num_classes, n=n, seed=seed, fid=fid, device=device,
                    real_labels=real.labels, prdc=run.conditional, variability=variability)
     res = ev(run.G, z_dim=run.z_dim, conditional=run.conditional, label=run.label)
@@ -387,7 +362,7 @@ def evaluate_run(run_dir, checkpoint="best", annotator=None, n=10000, fid="auto"
     if lpips_images:
         res.update(lpips_scores(run.G, z_dim=run.z_dim, num_classes=run.num_classes, conditional=run.conditional,
                                 n=int(lpips_images), seed=seed + 1, device=device))
-    minority = _minority_of(c.get("dataset"))
+    minority = dataset_minority_classes(c.get("dataset"))
     if minority and res.get("class_accuracy"):
         res["minority_classes"] = list(minority)
         res["minority_accuracy"] = [res["class_accuracy"][k] for k in minority]

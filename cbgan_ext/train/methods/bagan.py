@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from ...models.bagan import BAGANEncoder
 from .. import checkpoint as ckpt
 from .. import distributed as dist
+from ...data import dataset_minority_classes
 from ..loop import ConfigMismatchError, TrainLoop
+from ..streams import GeneratorState, stream_seed
 from .base import Method, register
 
 _DEFAULTS = dict(arch="bagan", z_dim=100, lr=5e-5, beta1=0.5, beta2=0.999, batch_size=128, ema_start=10 ** 9,
@@ -175,19 +177,17 @@ class MinorityGAN(_BAGANFamily):
     loss = "nonsaturating"
 
     def target(self):
-        from ..gan import _minority_of
         t = int(self.settings.get("target_class", -1))
         if t >= 0:
             return t
-        minority = _minority_of(self.settings.get("dataset"))
+        minority = dataset_minority_classes(self.settings.get("dataset"))
         return minority[0] if len(minority) == 1 else None
 
     def check(self, dataset, settings):
-        from ..gan import _minority_of
         super().check(dataset, settings)
         t = int(settings["target_class"])
         if t < 0:
-            minority = _minority_of(getattr(dataset, "config", None))
+            minority = dataset_minority_classes(getattr(dataset, "config", None))
             if len(minority) != 1:
                 raise ValueError("method 'minority-gan': give the class to train on (target_class, --target-class): "
                                  f"the dataset names {len(minority)} minority classes {list(minority)}")
@@ -234,8 +234,7 @@ class AutoencoderStage(TrainLoop):
         lr = s["lr"] if s.get("ae_lr") is None else s["ae_lr"]
         beta1 = s["beta1"] if s.get("ae_beta1") is None else s["ae_beta1"]
         self.optimizers = {"AE": torch.optim.Adam(params, lr=lr, betas=(beta1, s["beta2"]))}
-        from ..gan import GeneratorState, _stream_seed
-        self.data_rng = GeneratorState(_stream_seed(s["seed"], 4, self.rank))
+        self.data_rng = GeneratorState(stream_seed(s["seed"], 4, self.rank))
         self.extra_state = {"data_rng": self.data_rng}
         self.per_rank_state = ("data_rng",)
         self.config = {k: trainer.config[k] for k in ("method", "arch", "width", "z_dim", "batch_size", "lr", "beta1",

@@ -35,7 +35,7 @@ class Method:
     title = ""            # one line for help texts and the README table
     paper = ""            # where it comes from
     conditional = False   # G(z, y) with y drawn by sample_labels
-    d_head = "scalar"     # see cbgan_ext.models.gan.D_HEADS
+    d_head = "scalar"     # see cbgan_ext.models.heads.D_HEADS
     loss = "relativistic"  # a key of losses.ADVERSARIAL
     cb_regularizer = False  # the CB regularizer on the fakes by default (needs the classifier in the loop)
     in_main_job = False   # trained by `cbgan-ext demo`
