@@ -181,7 +181,8 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, prog
     resolve_config(preset, **overrides)  # settings checked before the folder is made
     if int(jobs) < 1:
         raise ValueError(f"demo: jobs must be >= 1, got {jobs!r}")
-    device = str(torch.device(device))
+    device = torch.device(device)
+    device = "cpu" if device.type == "cpu" else str(device)  # torch cannot load what it saves from "cpu:0"
     out = os.path.abspath(out)  # the runs' configs name their annotator and classifier from anywhere
     os.makedirs(out, exist_ok=True)
     lock = ckpt.RunLock(ckpt.lock_path(os.path.join(out, "job")), f"main-job directory {out}").acquire()

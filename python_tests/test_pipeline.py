@@ -249,7 +249,7 @@ def test_demo_device_reaches_every_training_and_evaluation(tmp_path, monkeypatch
     monkeypatch.setattr(pipeline.Evaluator, "for_dataset_config",
                         spy("Evaluator", pipeline.Evaluator.for_dataset_config))
     out = tmp_path / "dev"
-    pipeline.run(str(out), preset="tiny", jobs=1, progress=False, device="cpu")
+    pipeline.run(str(out), preset="tiny", jobs=1, progress=False, device="cpu:0")  # the API takes it as "cpu"
     assert {n for n, _ in seen} == {"GANTrainer", "train_classifier", "augment_eval", "evaluate_run", "Evaluator"}
     assert all(d == "cpu" for _, d in seen), [x for x in seen if x[1] != "cpu"]
     res = json.load(open(out / "results.json"))
