@@ -196,11 +196,15 @@ def run(out="runs/demo", *, preset="default", seed=0, threads=None, jobs=1, prog
 def default_jobs():
     """Worker processes for ``demo`` when not given: two where two CPU cores are available (two one-thread trainings
     side by side do more work than one two-thread training), else one."""
+    return 2 if available_cores() >= 2 else 1
+
+
+def available_cores():
+    """The CPU cores this process may run on."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
+        return os.cpu_count() or 1
 
 
 def _run(out, *, preset, seed, threads, jobs, progress, device="cpu", **overrides):
@@ -744,10 +748,7 @@ def machine_info(device="cpu"):
         flags = [x for x in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if x in have]
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
+    cores = available_cores()
     info = {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": flags,
             "cores": cores, "torch": torch.__version__}
     if torch.device(device).type == "cuda":

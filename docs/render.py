@@ -113,8 +113,8 @@ def _count(flags):
 
 def _learn(consistencies, bar=0.6):
     """Whether every generator cleared the bar on every seed, in words."""
-    return ("at least 0.6 on every seed" if min(consistencies) >= bar else
-            f"{sum(c < bar for c in consistencies)} of {len(consistencies)} below 0.6")
+    return (f"at least {bar} on every seed" if min(consistencies) >= bar else
+            f"{sum(c < bar for c in consistencies)} of {len(consistencies)} below {bar}")
 
 
 def glance_holds():
@@ -233,18 +233,12 @@ def bagan_readme():
     for name, get in (("class consistency (annotator's label = the class asked for)", lambda r: r["class_consistency"]),
                       (f"minority ({name_k}) images labelled {name_k}", lambda r: r["class_accuracy"][k]),
                       ("FD-annotator", lambda r: r["fd"])):
-        cells = []
-        for m in methods:
-            vals = [get(runs[s]["eval"][m]) for s in seeds]
-            m_, sd = _stats(vals)[:2]
-            cells.append(f"{_slash(vals)} ({m_:.3f} ± {sd:.3f})")
+        cells = [_cell([get(runs[s]["eval"][m]) for s in seeds]) for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"| classifier trained with | {name_k} test accuracy, seed "
               + " / ".join(map(str, seeds)) + " (mean ± sd) |", "| --- | --- |"]
     for row in first["augment"]["rows"]:
-        vals = [runs[s]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]
-        m_, sd = _stats(vals)[:2]
-        lines.append(f"| {row} | {_slash(vals)} ({m_:.3f} ± {sd:.3f}) |")
+        lines.append(f"| {row} | {_cell([runs[s]['augment']['rows'][row]['minority_accuracy'][0] for s in seeds])} |")
     return "\n".join(lines)
 
 
@@ -255,7 +249,6 @@ def bagan_holds():
     first = runs[seeds[0]]
     k = first["augment"]["minority_classes"][0]
     name = _class_name("bagan", k)
-    from cbgan_ext.data.sources import FASHION_MNIST_CLASSES as names
     ev = {s: r["eval"] for s, r in runs.items()}
 
     def per(get, fmt="{:.3f}"):
@@ -269,7 +262,7 @@ def bagan_holds():
     for s in seeds:
         acc = ev[s]["acgan"]["class_accuracy"]
         j = min(range(len(acc)), key=acc.__getitem__)
-        weakest.append(f"{names[j]} {acc[j]:.2f} on seed {s}")
+        weakest.append(f"{_class_name('bagan', j)} {acc[j]:.2f} on seed {s}")
     lead = [ev[s]["bagan"]["class_accuracy"][k] - ev[s]["acgan"]["class_accuracy"][k] for s in seeds]
     aug = {row: [runs[s]["augment"]["rows"][row]["minority_accuracy"][0] for s in seeds]
            for row in first["augment"]["rows"]}
@@ -354,11 +347,7 @@ def softlabel_readme():
     lines = ["| seed " + " / ".join(map(str, seeds)) + " (mean ± sd) | " + " | ".join(label.get(m, m) for m in methods)
              + " |", "| --- |" + " --- |" * len(methods)]
     for name, get in _SL_ROWS:
-        cells = []
-        for m in methods:
-            vals = [get(runs[s], m) for s in seeds]
-            m_, sd = _stats(vals)[:2]
-            cells.append(f"{_slash(vals)} ({m_:.3f} ± {sd:.3f})")
+        cells = [_cell([get(runs[s], m) for s in seeds]) for m in methods]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
