@@ -57,7 +57,7 @@ BAGAN_METHODS = ("bagan", "acgan", "minority-gan")  # the section's methods (the
 # one row per method whose generated images rebalance the training set)
 _BAGAN = dict(methods=("bagan", "acgan"), augment_rows=("plain", "oversample", "mirror"),
               augment_methods=("bagan",), minority_class=0, drop_fraction=0.975, eval_samples=2000,
-              gan=dict(width=0.25, batch_size=128, steps=1000, lr=2e-4, real_sampling="balanced",
+              gan=dict(width=0.25, batch_size=128, steps=1000, lr=2e-4, real_sampling="data", class_sampling="data",
                        policy="translation,cutout", ema_start=300, ema_decay=0.99, ae_steps=250, ae_lr=1e-3,
                        ae_beta1=0.9, acgan_g="concat", ckpt_every=100, log_every=50, sample_every=0),
               augment=dict(epochs=1, width=0.25, depth=32, batch_size=128, lr_schedule="cosine"))
@@ -69,8 +69,8 @@ _SOFTLABEL = dict(methods=("softlabel-gan", "diffaug-gan"), profile="lognormal",
                   lpips_images=100,
                   classifier=dict(loss="softlabel-ce", epochs=30, width=0.5, depth=32, lr_schedule="cosine",
                                   amp="auto", eval_every=0),
-                  gan=dict(width=0.125, batch_size=64, n_dis=2, steps=1500, ema_start=750,
-                           ema_decay=0.995, real_sampling="balanced", eval_every=0, sample_every=0, ckpt_every=100,
+                  gan=dict(width=0.125, batch_size=64, n_dis=2, steps=1500, ema_start=10 ** 9,
+                           real_sampling="balanced", eval_every=0, sample_every=0, ckpt_every=100,
                            log_every=50))
 
 PRESETS = {
@@ -85,7 +85,7 @@ PRESETS = {
                   bagan=dict(_BAGAN, augment_rows=("plain", "oversample"), eval_samples=1000,
                              gan=dict(_BAGAN["gan"], steps=200, ae_steps=100, ema_start=100)),
                   softlabel=dict(_SOFTLABEL, eval_samples=1000, classifier=dict(_SOFTLABEL["classifier"], epochs=5),
-                                 gan=dict(_SOFTLABEL["gan"], steps=300, ema_start=150))),
+                                 gan=dict(_SOFTLABEL["gan"], steps=300))),
     "tiny": dict(about="a smoke test of every stage (scikit-learn's digits, tiny networks)",
                  dataset="digits", imbalance=10.0, image_size=32,
                  classifier=dict(_CLASSIFIER, epochs=2, depth=8, drw_epoch=1.5, amp="none"),
@@ -405,10 +405,10 @@ def _bagan_lines(bagan):
 
 
 def softlabel_section(out, cfg, seed, threads=None, progress=True):
-    """Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN (same seed, networks and steps; final EMA generators) on the
-    section's profile, in ``out/softlabel``: FD-annotator, intra-FD per class, PRDC and intra-PRDC, class
-    consistency (all with the annotator of stage 3), LPIPS and intra-LPIPS when their weights exist, and a bar chart
-    of intra-FD per class sorted by training count."""
+    """Softlabel-GAN vs DiffAug-GAN vs Smooth-GAN (same seed, networks and steps; final generators, the EMA where
+    one is kept) on the section's profile, in ``out/softlabel``: FD-annotator, intra-FD per class, PRDC and
+    intra-PRDC, class consistency (all with the annotator of stage 3), LPIPS and intra-LPIPS when their weights
+    exist, and a bar chart of intra-FD per class sorted by training count."""
     sl = cfg["softlabel"]
     d = os.path.join(out, "softlabel")
     data = _softlabel_data(cfg, seed)
@@ -651,13 +651,13 @@ def _minor_intra_fd(sl, method):
 def _softlabel_lines(sl):
     counts, classes, ev = sl["class_counts"], sl["classes"], sl["eval"]
     g = sl["settings"]["gan"]
-    a = sl["soft_label_classifier"]
+    a, n_eval = sl["soft_label_classifier"], sl["settings"]["eval_samples"]
     lines = ["", f"## Softlabel section ({sl['settings']['profile']} profile; training counts {counts})", "",
              f"BigGAN-32 at width {g['width']}, {g['steps']} G steps with {g['n_dis']} D steps each, batch "
-             f"{g['batch_size']}, EMA {g['ema_decay']} from step {g['ema_start']}; the final EMA generator of each "
-             f"method, {sl['settings']['eval_samples']} samples ({sl['settings']['eval_samples'] // len(counts)} a "
-             f"class). Soft labels: a ResNet trained with "
-             f"CE − 0.3·H, balanced test accuracy {(a.get('balanced_accuracy') or math.nan) * 100:.1f}%.", "",
+             f"{g['batch_size']}, " + (f"EMA {g['ema_decay']} from step {g['ema_start']}; the final EMA generator"
+                                       if g.get("ema_start", 0) < g["steps"] else "no EMA; the final generator")
+             + f" of each method, {n_eval} samples ({n_eval // len(counts)} a class). Soft labels: a ResNet trained "
+             f"with CE − 0.3·H, balanced test accuracy {(a.get('balanced_accuracy') or math.nan) * 100:.1f}%.", "",
              "| method | FD-annotator ↓ | intra-FD ↓ (mean ± sd over classes) | intra-FD, 3 smallest classes ↓ | "
              "class consistency ↑ | precision | recall | density | coverage | intra-P / R / D / C | LPIPS ↑ | "
              "intra-LPIPS ↑ |", "| --- |" + " --- |" * 11]

@@ -160,16 +160,36 @@ def glance_holds():
     return "\n".join(out)
 
 
+def _job_times():
+    """{seed: (cpu s, wall s, peak GiB, machine)} of the whole default job, from main-job/seed*/time.txt."""
+    got = {}
+    for s, r in _runs("main-job").items():
+        cpu, wall, rss = _time_file(os.path.join(DOCS, "main-job", f"seed{s}", "time.txt"))
+        got[s] = (cpu, wall, rss, r["machine"])
+    return got
+
+
+def _machine(m):
+    return f"{m['cores']}-core {m['cpu']} ({', '.join(m['cpu_flags'])})"
+
+
 def main_job_time():
-    d = os.path.join(DOCS, "main-job", "timed-seed0")
-    cpu, wall, rss = _time_file(os.path.join(d, "time.txt"))
-    with open(os.path.join(d, "machine.json")) as f:
-        m = json.load(f)
-    return ("Timed: the `default` job (`cbgan-ext demo --seed 0`) from an empty directory took "
-            f"**{wall / 60:.1f} min** wall clock ({cpu / 60:.0f} CPU-minutes, peak memory {rss:.1f} GiB; "
-            "`/usr/bin/time -v`) on a "
-            f"{m['cores']}-core {m['cpu']} ({', '.join(m['cpu_flags'])}) with nothing else running. Minutes move "
-            "with the CPU: expect longer on one without AVX-512 and AMX ([docs/main-job](docs/main-job/README.md)).")
+    t = _job_times()
+    walls = [w / 60 for _, w, _, _ in t.values()]
+    machines = {_machine(m) for *_, m in t.values()}
+    return ("Timed: the `default` job (`cbgan-ext demo --seed S`) from an empty directory took "
+            f"**{statistics.fmean(walls):.1f} min** wall clock on average (seeds {', '.join(map(str, t))}: "
+            f"{_slash(walls, '{:.1f}')} min; at most {max(c for c, *_ in t.values()) / 60:.0f} CPU-minutes and "
+            f"{max(r for _, _, r, _ in t.values()):.1f} GiB; `/usr/bin/time -v`) on a {' / '.join(sorted(machines))} "
+            "with nothing else running. Minutes move with the CPU: expect longer on one without AVX-512 "
+            "([docs/main-job](docs/main-job/README.md)).")
+
+
+def job_times():
+    lines = ["| seed | wall clock | CPU, user + system | peak memory | machine |", "| --- | --- | --- | --- | --- |"]
+    for s, (cpu, wall, rss, m) in _job_times().items():
+        lines.append(f"| {s} | {wall / 60:.1f} min | {cpu / 60:.1f} min | {rss:.1f} GiB | {_machine(m)} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- BAGAN section
@@ -302,7 +322,10 @@ def _changes(c):
     for key, say in (("acgan_g", {"multiply": "G takes z ⊙ class embedding"}),
                      ("acgan_aux", {"real+fake": "D's class term on reals and fakes"}),
                      ("d_sn", {True: "spectral norm on D"}),
-                     ("real_sampling", {"data": "real batches in data order"})):
+                     ("real_sampling", {"data": "real batches in data order",
+                                        "balanced": "real batches class-balanced"}),
+                     ("class_sampling", {"uniform": "fakes' classes uniform"}),
+                     ("d_class_sampling", {"data": "D's fakes' classes as in the data"})):
         if key in c:
             words.append(say[c[key]])
     return ", ".join(words) or "none"
@@ -393,17 +416,19 @@ def softlabel_holds():
     return "\n".join(lines)
 
 
-def softlabel_raw():
-    """The final EMA (the report's generator) against G as trained, from seed*/eval_<method>_raw.json."""
-    runs = _runs("softlabel", "softlabel")
+def softlabel_ema_trial():
+    """The earlier recording's final EMA against G as trained, from ema_trial.jsonl (why the section keeps no EMA)."""
+    with open(os.path.join(DOCS, "softlabel", "ema_trial.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    pairs = {}
+    for r in rows:
+        pairs.setdefault((r["seed"], r["method"]), {})[r["generator"]] = r
     lines = ["| seed | method | class consistency, EMA / as trained | FD-annotator, EMA / as trained | "
              "mean intra-FD, EMA / as trained |", "| --- | --- | --- | --- | --- |"]
-    for s, r in runs.items():
-        for m, e in r["eval"].items():
-            with open(os.path.join(DOCS, "softlabel", f"seed{s}", f"eval_{m}_raw.json")) as f:
-                raw = json.load(f)
-            lines.append(f"| {s} | {m} | {e['class_consistency']:.3f} / {raw['class_consistency']:.3f} | "
-                         f"{e['fd']:.2f} / {raw['fd']:.2f} | {e['intra_fd_mean']:.2f} / {raw['intra_fd_mean']:.2f} |")
+    for (s, m), p in pairs.items():
+        e, raw = p["ema"], p["raw"]
+        lines.append(f"| {s} | {m} | {e['class_consistency']:.3f} / {raw['class_consistency']:.3f} | "
+                     f"{e['fd']:.2f} / {raw['fd']:.2f} | {e['intra_fd_mean']:.2f} / {raw['intra_fd_mean']:.2f} |")
     return "\n".join(lines)
 
 
@@ -421,21 +446,13 @@ def _time_file(path):
     return cpu, wall, float(got["Maximum resident set size (kbytes)"]) / 2 ** 20
 
 
-def times(study):
-    lines = ["| seed | CPU, user + system | wall clock | peak memory |", "| --- | --- | --- | --- |"]
-    for path in sorted(glob.glob(os.path.join(DOCS, study, "seed*", "time.txt"))):
-        cpu, wall, rss = _time_file(path)
-        seed = os.path.basename(os.path.dirname(path))[4:]
-        lines.append(f"| {seed} | {cpu:.0f} s ({cpu / 60:.1f} min) | {wall / 60:.1f} min | {rss:.1f} GiB |")
-    return "\n".join(lines)
-
-
 TABLES = {"cbgan-seeds": cbgan_seeds, "cbgan-readme": cbgan_readme, "glance-holds": glance_holds,
           "main-job-time": main_job_time, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
           "bagan-readme": bagan_readme, "bagan-holds": bagan_holds, "acgan-trial": acgan_trial,
           "softlabel-seeds": softlabel_seeds,
-          "softlabel-readme": softlabel_readme, "softlabel-holds": softlabel_holds, "softlabel-raw": softlabel_raw,
-          "bagan-time": lambda: times("bagan"), "softlabel-time": lambda: times("softlabel")}
+          "softlabel-readme": softlabel_readme, "softlabel-holds": softlabel_holds,
+          "softlabel-ema-trial": softlabel_ema_trial,
+          "job-times": job_times}
 
 
 def render(text):

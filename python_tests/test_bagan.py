@@ -217,12 +217,28 @@ def test_bagan_initialises_g_from_the_decoder_and_d_from_the_encoder(tmp_path):
 
 
 def test_rebalance_sampling_follows_the_released_formula():
-    M = get_method("bagan")(4, [100, 100, 100, 10], {"class_sampling": "rebalance"})
+    M = get_method("bagan")(4, [100, 100, 100, 10], {})
     share = np.array([100, 100, 100, 10]) / 310
     p = np.clip(2 / 4 - share, 0, None)
-    assert np.allclose(M.class_probs().numpy(), p / p.sum())
-    y = M.sample_labels(20000, torch.Generator().manual_seed(0), "cpu")
+    assert np.allclose(M.class_probs("rebalance").numpy(), p / p.sum())
+    assert np.allclose(M.class_probs("data").numpy(), share)
+    y = M.sample_labels(20000, torch.Generator().manual_seed(0), "cpu", "rebalance")
     assert abs(float((y == 3).double().mean()) - p[3] / p.sum()) < 0.02
+
+
+@pytest.mark.parametrize("method", ["bagan", "acgan"])
+@pytest.mark.parametrize("g_mode,d_mode", [("uniform", "data"), ("data", None), ("rebalance", "uniform")])
+def test_class_sampling_draws_g_and_d_fakes_as_set(tmp_path, method, g_mode, d_mode):
+    """class_sampling sets the classes of G's fakes, d_class_sampling D's (unset: the same as G's)."""
+    data = tiny_data()
+    t = GANTrainer(data, str(tmp_path / "r"), method=method, steps=0, progress=False, class_sampling=g_mode,
+                   d_class_sampling=d_mode, **({"ae_steps": 0} if method == "bagan" else {}), **SMALL)
+    n = 40000
+    for for_d, mode in ((False, g_mode), (True, d_mode or g_mode)):
+        got = np.bincount(t._fake_labels(n, for_d=for_d).numpy(), minlength=K) / n
+        want = t.method.class_probs(mode).numpy()
+        assert np.abs(got - want).max() < 0.01, (for_d, mode, got, want)
+    assert np.abs(t.method.class_probs("data").numpy() - 1 / K).max() > 0.05  # the modes differ on this set
 
 
 def test_autoencoder_has_its_own_optimizer_settings(tmp_path):

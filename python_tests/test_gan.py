@@ -619,7 +619,8 @@ def test_cli_eval_of_a_run_on_a_softlabel_profile_uses_the_balanced_test_split(t
 @pytest.mark.parametrize("method,given,named", [
     ("gan", dict(lam=5.0), "lam"), ("gan", dict(ae_steps=5), "ae_steps"),
     ("cbgan", dict(target_class=1), "target_class"),
-    ("acgan", dict(class_sampling="rebalance"), "class_sampling"), ("cgan-pd", dict(cycle=3), "cycle")])
+    ("diffaug-gan", dict(class_sampling="rebalance"), "class_sampling"), ("cgan-pd", dict(cycle=3), "cycle"),
+    ("acgan", dict(target_class=1), "target_class")])
 def test_settings_a_method_does_not_read_are_refused(tmp_path, capsys, method, given, named):
     with pytest.raises(ValueError, match=f"method {method!r}.* does not use {named}"):
         _trainer(tmp_path / "api", 2, method=method, **given)

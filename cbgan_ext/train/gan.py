@@ -69,7 +69,8 @@ class GANTrainer(TrainLoop):
     settings_added_later = {"cb_start": 0, "n_dis": 1, "policy": "", "d_sn": None, "d_channels_last": False,
                             "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
                             "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1,
-                            "acgan_aux": "real+fake", "acgan_g": "multiply"}
+                            "acgan_aux": "real+fake", "acgan_g": "multiply",
+                            "d_class_sampling": None}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out: str, *, method: str = "cbgan", classifier: Optional[torch.nn.Module] = None,
@@ -203,9 +204,14 @@ class GANTrainer(TrainLoop):
             idx = torch.randint(0, self.images.shape[0], (self.local_batch,), generator=self.data_rng.gen)
         return (self.images[idx].to(self.device, non_blocking=True), self.labels[idx].to(self.device), idx)
 
-    def _fake_batch(self, n):
+    def _fake_labels(self, n, for_d=False):
+        s = self.settings
+        mode = s["d_class_sampling"] if for_d and s["d_class_sampling"] is not None else s["class_sampling"]
+        return self.method.sample_labels(n, self.noise_rng.gen, self.device, mode)
+
+    def _fake_batch(self, n, for_d=False):
         z = self._noise(n)
-        y = self.method.sample_labels(n, self.noise_rng.gen, self.device)
+        y = self._fake_labels(n, for_d)
         return (self.G_step(z, y) if self.method.conditional else self.G_step(z)), y
 
     def _augment(self, x):
@@ -220,7 +226,7 @@ class GANTrainer(TrainLoop):
             real, real_y, idx = self._real_batch()
             real_y = M.real_labels(real_y, idx)
             with torch.no_grad():
-                fake, fake_y = self._fake_batch(self.n_fake_d)
+                fake, fake_y = self._fake_batch(self.n_fake_d, for_d=True)
             if self.policy:  # one call on [fake; real]: each image gets its own augmentation parameters
                 fake, real = self._augment(torch.cat([fake, real])).split([fake.shape[0], real.shape[0]])
             else:

@@ -56,9 +56,11 @@ def _policy_check(v):
     return None
 
 
-def _choice(*values):
+def _choice(*values, none_ok=False):
     def check(v):
-        return None if v in values else "one of " + ", ".join(map(str, values))
+        if v in values or (none_ok and v is None):
+            return None
+        return "one of " + ", ".join(map(str, values)) + (" or unset" if none_ok else "")
     check.choices = values
     return check
 
@@ -106,8 +108,11 @@ OPTIONS = {
                        float_check(0, 1, hi_open=True, none_ok=True), type=float),
     "latent_shrinkage": Option(0.1, "BAGAN: a class with no more images than latent dimensions gets the covariance "
                                "(1 - s) Σ_c + s·diag(pooled Σ); 0 refuses such classes", float_check(0, 1)),
-    "class_sampling": Option("uniform", "BAGAN: classes of the fakes, uniform or the released code's 'rebalance' "
-                             "(p_c ∝ max(0, 2/K − share of c in the training set))", _choice("uniform", "rebalance")),
+    "class_sampling": Option("uniform", "BAGAN, ACGAN: classes of G's fakes: uniform, the training set's shares "
+                             "('data'), or the released BAGAN code's 'rebalance' (p_c ∝ max(0, 2/K − share of c))",
+                             _choice("uniform", "data", "rebalance")),
+    "d_class_sampling": Option(None, "BAGAN, ACGAN: classes of the fakes in D's batches, the same choices (default: "
+                               "as class_sampling)", _choice("uniform", "data", "rebalance", none_ok=True)),
     "acgan_aux": Option("real", "ACGAN: the images D's auxiliary classifier learns from: 'real' (Keras' ACGAN example, "
                         "the code BAGAN's builds on) or 'real+fake' (Odena et al.'s paper)",
                         _choice("real", "real+fake")),
@@ -134,7 +139,7 @@ OPTIONS = {
 GROUPS = {
     "cb": ("lam", "alpha", "beta", "cb_start", "cycle", "weighting"),
     "autoencoder": ("ae_steps", "ae_lr", "ae_beta1", "latent_shrinkage"),
-    "class_sampling": ("class_sampling",),
+    "class_sampling": ("class_sampling", "d_class_sampling"),
     "target_class": ("target_class",),
     "acgan": ("acgan_aux", "acgan_g"),
 }

@@ -8,7 +8,8 @@
   decoder and draws its latent from the class Gaussians; D's trunk starts as the encoder's, its (K + 1)-way
   head at random. D step: B reals with their labels and ⌈B/K⌉ fakes labelled K, one cross-entropy over the
   concatenation (the released code's batch); G step: B + ⌈B/K⌉ fakes of sampled classes, cross-entropy toward
-  their class through D (only G steps). Classes of fakes: uniform, or the released code's "rebalance".
+  their class through D (only G steps). Classes of fakes (``class_sampling`` for G's, ``d_class_sampling`` for
+  D's, the released code's gratio and dratio): uniform, the data's shares, or the released code's "rebalance".
 * ``acgan``: the same networks without the autoencoder; G(z ⊙ embedding(y)) (``acgan_g="multiply"``, Keras'
   example) or G([z, onehot(y)]) (``"concat"``), D with a real/fake logit and
   an auxiliary classifier: D loss BCE(real/fake) + CE(class), G loss BCE + CE (Odena et al.). The class term of
@@ -76,20 +77,6 @@ class BAGAN(_BAGANFamily):
         if any(n < 1 for n in counts):
             raise ValueError(f"method 'bagan': every class needs training images, got {counts}")
 
-    def class_probs(self):
-        K = self.num_classes
-        if self.settings.get("class_sampling", "uniform") == "uniform":
-            return torch.full((K,), 1.0 / K, dtype=torch.float64)
-        share = torch.tensor(self.class_counts, dtype=torch.float64)
-        p = (2.0 / K - share / share.sum()).clamp_(min=0)
-        return p / p.sum()
-
-    def sample_labels(self, n, generator, device):
-        if self.settings.get("class_sampling", "uniform") == "uniform":
-            return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
-        probs = self.class_probs().to(device=device, dtype=torch.float32)
-        return torch.multinomial(probs, n, replacement=True, generator=generator)
-
     def fake_batch_sizes(self, batch):
         f = math.ceil(batch / self.num_classes)
         return f, batch + f
@@ -140,7 +127,7 @@ class ACGAN(_BAGANFamily):
     conditional = True
     d_head = "aux-classifier"
     loss = "acgan"
-    option_groups = ("acgan",)
+    option_groups = ("acgan", "class_sampling")
 
     def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):
         from ...models import build_gan

@@ -77,11 +77,27 @@ class Method:
         """For an unconditional method trained on one class: that class (its fakes are judged as it)."""
         return None
 
-    def sample_labels(self, n, generator, device):
-        """Labels of the fakes (conditional methods): uniform over the classes."""
+    def class_probs(self, mode="uniform"):
+        """Class probabilities of the fakes: "uniform", "data" (the training set's shares) or "rebalance" (the
+        released BAGAN code's, p_c ∝ max(0, 2/K − share of c))."""
+        K = self.num_classes
+        if mode == "uniform":
+            return torch.full((K,), 1.0 / K, dtype=torch.float64)
+        share = torch.tensor(self.class_counts, dtype=torch.float64)
+        share = share / share.sum()
+        if mode == "data":
+            return share
+        p = (2.0 / K - share).clamp_(min=0)
+        return p / p.sum()
+
+    def sample_labels(self, n, generator, device, mode="uniform"):
+        """Labels of the fakes (conditional methods), drawn with ``class_probs(mode)``."""
         if not self.conditional:
             return None
-        return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+        if mode == "uniform":
+            return torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+        probs = self.class_probs(mode).to(device=device, dtype=torch.float32)
+        return torch.multinomial(probs, n, replacement=True, generator=generator)
 
     def real_labels(self, labels, index):
         """What D is told about a real batch: by default its hard labels; ``index`` are the dataset indices."""
