@@ -161,6 +161,9 @@ def run_config_to_flags(c):
            "drop_fraction": ds.get("drop_fraction"), "seed": c.get("seed")}
     settings = {k: c[k] for k in OPTIONS if k in c and c[k] is not None and k != "seed"}
     unused = set(unused_options(get_method(c["method"]), settings, bool(c.get("cb_reg"))))
+    for main, subs in (("gsr", ("gsr_beta", "gsr_power_iterations")), ("lecam", ("lecam_decay", "lecam_start"))):
+        if not settings.get(main):  # the run recorded their defaults; they are flags only with the term on
+            unused.update(subs)
     out.update({k: v for k, v in settings.items() if k not in unused})
     for key in ("classifier", "annotator", "soft_labels"):
         out[key] = c.get(key)
@@ -739,13 +742,18 @@ def _run_augment_eval(args):
 def methods_table():
     """The README's table of methods, from the registry."""
     from .train.methods import get_method, method_names
-    lines = ["| method | what it is | source | conditional | D head | loss | CB regularizer | main job |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    from .train.options import OPTIONS
+    from .nn.gan_regularizers import class_conditional_bn_layers
+    lines = ["| method | what it is | source | conditional | D head | loss | CB regularizer | --gsr / --lecam | "
+             "main job |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n in method_names():
         m = get_method(n)
+        arch = m.defaults.get("arch", OPTIONS["arch"].default)
+        G, _ = m(10, [10] * 10, {}).build(arch, channels=1, image_size=32, width=0.0625, z_dim=8)
+        extra = [f for f, ok in (("gsr", class_conditional_bn_layers(G)), ("lecam", m.scalar_d_outputs)) if ok]
         lines.append(f"| `{n}` | {m.title} | {m.paper} | {'yes' if m.conditional else 'no'} | {m.d_head} | "
                      f"{m.loss} | {'on' if m.cb_regularizer else 'off (--cb-reg)'} | "
-                     f"{'yes' if m.in_main_job else 'no'} |")
+                     f"{', '.join(extra) or 'neither'} ({arch}) | {'yes' if m.in_main_job else 'no'} |")
     return "\n".join(lines)
 
 

@@ -57,6 +57,10 @@ class LinearConditionalBatchNorm2d(nn.Module):
     def forward(self, x, y):
         return self.bn(x) * (1 + self.gain(y))[:, :, None, None] + self.bias(y)[:, :, None, None]
 
+    def class_gain_bias(self):
+        """(each class's gain deviation from 1, its bias), [K, C] each, differentiable (for gSR)."""
+        return self.gain.weight.t(), self.bias.weight.t()
+
 
 def _sn_conv(*args, **kw):
     return SNConv2d(*args, eps=SN_EPS, **kw)

@@ -49,6 +49,10 @@ class ConditionalBatchNorm2d(nn.Module):
     def forward(self, x, y):
         return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
 
+    def class_gain_bias(self):
+        """(each class's gain deviation from 1, its bias), [K, C] each, differentiable (for gSR)."""
+        return self.gain.weight - 1.0, self.bias.weight
+
 
 def _bn(num_features, num_classes):
     return ConditionalBatchNorm2d(num_features, num_classes) if num_classes else nn.BatchNorm2d(num_features)

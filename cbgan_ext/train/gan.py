@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 import torchvision
 
-from ..nn import CBRegularizer
+from ..nn import CBRegularizer, GroupSpectralRegularizer, LeCamRegularizer
+from ..nn.gan_regularizers import class_conditional_bn_layers
 from ..ops.diff_augment import diff_augment, parse_policy
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -70,7 +71,8 @@ class GANTrainer(TrainLoop):
                             "ae_steps": 1000, "ae_lr": None, "ae_beta1": None, "real_sampling": "data",
                             "latent_shrinkage": 0.1, "class_sampling": "uniform", "target_class": -1,
                             "acgan_aux": "real+fake", "acgan_g": "multiply",
-                            "d_class_sampling": None}
+                            "d_class_sampling": None, "gsr": 0.0, "gsr_beta": 0.99, "gsr_power_iterations": 4,
+                            "lecam": 0.0, "lecam_decay": 0.9, "lecam_start": 1000}
     per_rank_state = ("data_rng", "noise_rng", "aug_rng")
 
     def __init__(self, dataset, out: str, *, method: str = "cbgan", classifier: Optional[torch.nn.Module] = None,
@@ -108,6 +110,7 @@ class GANTrainer(TrainLoop):
                                  f"image, in dataset order), got {shape}")
             self.method.soft_table = soft_labels.detach().float().cpu()
             soft_digest = hashlib.sha256(self.method.soft_table.numpy().tobytes()).hexdigest()[:16]
+        self._check_regularizers(method, settings, s, x0)
         if annotator is not None:
             check_classifier(annotator.to(device), x0, self.num_classes, "the annotator")
             if eval_images is None and getattr(dataset, "config", None) is None:
@@ -155,6 +158,15 @@ class GANTrainer(TrainLoop):
             self.reg = CBRegularizer(self.num_classes, lam, alpha=s["alpha"], beta=s["beta"],
                                      update_every=s["cycle"], weighting=s["weighting"]).to(self.device)
             self.extra_state["reg"] = self.reg
+        self.gsr = self.lecam = None
+        if s["gsr"] > 0:
+            self.gsr = GroupSpectralRegularizer(self.G, s["gsr"], class_counts=dataset.class_counts,
+                                                beta=s["gsr_beta"], power_iterations=s["gsr_power_iterations"],
+                                                seed=stream_seed(s["seed"], 4, 0))
+            self.extra_state["gsr"] = self.gsr
+        if s["lecam"] > 0:
+            self.lecam = LeCamRegularizer(s["lecam"], decay=s["lecam_decay"], start=s["lecam_start"]).to(self.device)
+            self.extra_state["lecam"] = self.lecam
         self.annotator = None if annotator is None else annotator.to(self.device).eval()
         self._eval_images = eval_images
         self._evaluator = None
@@ -177,6 +189,23 @@ class GANTrainer(TrainLoop):
             self.config["soft_labels_sha256"] = soft_digest
         if sync_bn:
             self.config["sync_bn"] = True
+
+    def _check_regularizers(self, method, given, s, x0):
+        """gSR needs class-conditional BatchNorm in G, LeCam one D score an image; their sub-settings need them
+        on. Refused before any work."""
+        for main, subs in (("gsr", ("gsr_beta", "gsr_power_iterations")), ("lecam", ("lecam_decay", "lecam_start"))):
+            stray = [k for k in subs if k in given]
+            if stray and s[main] == 0:
+                raise ValueError(f"GANTrainer: {', '.join(stray)} only apply with {main} > 0")
+        if s["lecam"] > 0 and not self.method.scalar_d_outputs:
+            raise ValueError(f"GANTrainer: lecam needs one D score an image; method {method!r} has a "
+                             f"{self.method.d_head!r} D")
+        if s["gsr"] > 0:
+            G, _ = self.method.build(s["arch"], channels=x0.shape[0], image_size=x0.shape[-1], width=s["width"],
+                                     z_dim=s["z_dim"], d_sn=s["d_sn"])
+            if not class_conditional_bn_layers(G):
+                raise ValueError(f"GANTrainer: gsr needs class-conditional BatchNorm in G; method {method!r} on "
+                                 f"arch {s['arch']!r} has none")
 
     def resume_ignores(self):
         """Settings this method never reads (an older run's ``ae_steps`` of a plain GAN, say) need not match."""
@@ -232,6 +261,10 @@ class GANTrainer(TrainLoop):
             else:
                 fake, real = self._augment(fake), self._augment(real)
             loss_d, metrics_d = M.d_loss(self.D_step, real, real_y, fake, fake_y)
+            if self.lecam is not None:
+                lc = self.lecam(*M.last_d_outputs, step)
+                loss_d = loss_d + lc
+                metrics_d = dict(metrics_d, lecam=lc.detach().item())
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
@@ -243,6 +276,10 @@ class GANTrainer(TrainLoop):
             reg = self.reg(self.classifier(fake))
             loss_g = loss_g + reg
             metrics["reg"] = reg.detach().item()
+        if self.gsr is not None:
+            gsr = self.gsr()
+            loss_g = loss_g + gsr
+            metrics["gsr"] = gsr.detach().item()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()

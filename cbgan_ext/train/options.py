@@ -92,6 +92,17 @@ OPTIONS = {
     "real_sampling": Option("data", "how D's real batches are drawn: 'data' (every image equally often, so classes as "
                             "in the data) or 'balanced' (every class equally often, images uniform within it)",
                             _choice("data", "balanced")),
+    "gsr": Option(0.0, "gSR (group spectral regularization) weight λ: class-conditional BatchNorm gains and biases "
+                  "of each class as matrices, their largest singular values squared join G's loss (0: off)",
+                  float_check(0)),
+    "gsr_beta": Option(0.99, "gSR: class weights by the effective number of samples with this β (0: equal)",
+                       float_check(0, 1, hi_open=True)),
+    "gsr_power_iterations": Option(4, "gSR: power iterations a G step (10× on the first)", int_check(1)),
+    "lecam": Option(0.0, "LeCam weight λ: D's outputs kept near EMA anchors of each other's mean (0: off)",
+                    float_check(0)),
+    "lecam_decay": Option(0.9, "LeCam: decay of the anchors' EMA", float_check(0, 1, hi_open=True)),
+    "lecam_start": Option(1000, "LeCam: the term joins D's loss after this step (anchors follow D before)",
+                          int_check(0)),
     "ema_decay": Option(0.9999, "EMA decay of the generator", float_check(0, 1)),
     "ema_start": Option(20000, "EMA starts (copies before)", int_check(0)),
     "d_channels_last": Option(False, "D's inputs (so its activations) in channels_last memory format; CPU average "

@@ -58,6 +58,7 @@ class BAGAN(_BAGANFamily):
     d_head = "classes+1"
     loss = "classes+1"
     pre_stages = ("autoencoder", "class Gaussians")
+    scalar_d_outputs = False  # a (K + 1)-way D
     option_groups = ("autoencoder", "class_sampling")
 
     def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):
@@ -127,6 +128,7 @@ class ACGAN(_BAGANFamily):
     conditional = True
     d_head = "aux-classifier"
     loss = "acgan"
+    scalar_d_outputs = False  # its own d_loss: real/fake logit and auxiliary classifier
     option_groups = ("acgan", "class_sampling")
 
     def build(self, arch, *, channels, image_size, width, z_dim, d_sn=None):

@@ -45,6 +45,7 @@ class Method:
     ssim_eval = False     # `eval` adds BAGAN's SSIM variability measures
     pre_stages = ()       # names of stages run before the adversarial one (``prepare``), for help texts
     option_groups = ()    # groups of method-specific settings it reads (cbgan_ext.train.options.GROUPS)
+    scalar_d_outputs = True  # D gives one real/fake score an image through d_loss (so LeCam applies)
 
     def __init__(self, num_classes, class_counts=None, settings=None):
         self.num_classes = int(num_classes)
@@ -107,9 +108,11 @@ class Method:
         return D(x, y) if self.d_head != "scalar" else D(x)
 
     def d_loss(self, D, real, real_labels, fake, fake_labels):
-        """(loss, metrics) of the discriminator step; ``fake`` is detached."""
-        loss = self.d_loss_fn(self.discriminate(D, real, real_labels), self.discriminate(D, fake, fake_labels))
-        return loss, {}
+        """(loss, metrics) of the discriminator step; ``fake`` is detached. D's outputs stay in
+        ``last_d_outputs`` for regularizers of them (LeCam)."""
+        d_real, d_fake = self.discriminate(D, real, real_labels), self.discriminate(D, fake, fake_labels)
+        self.last_d_outputs = (d_real, d_fake)
+        return self.d_loss_fn(d_real, d_fake), {}
 
     def g_loss(self, D, real, real_labels, fake, fake_labels):
         """(loss, metrics) of the generator step, before the optional CB regularizer."""
