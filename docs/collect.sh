@@ -11,3 +11,6 @@ sed -n '/Command being timed/,$p' "$T" > "$D/time.txt"
 grep -E '^\[[0-9:]+\]' "$L" > "$D/stages.txt"
 bash "$HERE/bagan/collect.sh" "$R" "$S"
 bash "$HERE/softlabel/collect.sh" "$R" "$S"
+# one report a seed, here; its section links point at the sections' folders
+rm "$HERE/bagan/seed$S/report.md" "$HERE/softlabel/seed$S/report.md"
+sed -i -e "s#(bagan/#(../../bagan/seed$S/#g" -e "s#(softlabel/#(../../softlabel/seed$S/#g" "$D/report.md"

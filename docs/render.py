@@ -98,20 +98,6 @@ def cbgan_holds():
     ])
 
 
-def cbgan_raw():
-    """The final EMA (the recording's rule) against G as trained, from seed*/eval_<method>_<generator>.json."""
-    lines = ["| seed | KL ratio, EMA / as trained | FD ratio, EMA / as trained | annotator confidence CBGAN, EMA / "
-             "as trained |", "| --- | --- | --- | --- |"]
-    for s in _runs("main-job"):
-        e = {(m, g): json.load(open(os.path.join(DOCS, "main-job", f"seed{s}", f"eval_{m}_{g}.json")))
-             for m in ("gan", "cbgan") for g in ("ema", "raw")}
-        kl = [e["gan", g]["kl"] / e["cbgan", g]["kl"] for g in ("ema", "raw")]
-        fd = [e["cbgan", g]["fd"] / e["gan", g]["fd"] for g in ("ema", "raw")]
-        lines.append(f"| {s} | {kl[0]:.2f}× / {kl[1]:.2f}× | {fd[0]:.2f} / {fd[1]:.2f} | "
-                     f"{e['cbgan', 'ema']['confidence']:.3f} / {e['cbgan', 'raw']['confidence']:.3f} |")
-    return "\n".join(lines)
-
-
 def _cell(vals, fmt="{:.3f}"):
     m, sd = _stats(vals)[:2]
     return f"{_slash(vals, fmt)} ({fmt.format(m)} ± {fmt.format(sd)})"
@@ -482,7 +468,7 @@ def _time_file(path):
     return cpu, wall, float(got["Maximum resident set size (kbytes)"]) / 2 ** 20
 
 
-TABLES = {"cbgan-seeds": cbgan_seeds, "cbgan-holds": cbgan_holds, "cbgan-raw": cbgan_raw,
+TABLES = {"cbgan-seeds": cbgan_seeds, "cbgan-holds": cbgan_holds,
           "cbgan-readme": cbgan_readme, "glance-holds": glance_holds,
           "main-job-time": main_job_time, "bagan-seeds": bagan_seeds, "bagan-augment": bagan_augment,
           "bagan-readme": bagan_readme, "bagan-holds": bagan_holds, "acgan-trial": acgan_trial,

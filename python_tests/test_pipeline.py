@@ -174,6 +174,8 @@ def test_default_preset_is_the_recorded_settings():
     for c in (default["classifier"], default["annotator"], default["softlabel"]["classifier"]):
         assert c.pop("eval_every") == 0
     rec = json.load(open(os.path.join(docs, "main-job", "seed0", "results.json")))["config"]
+    for c in (rec["classifier"], rec["annotator"]):
+        assert c.pop("eval_every", 0) == 0
     # nor do the GAN's evaluation, sample and checkpoint cadences (a resume may change them)
     for c in (default["gan"], rec["gan"]):
         for k in ("eval_every", "sample_every", "ckpt_every", "log_every"):
