@@ -146,7 +146,7 @@ def load_config_file(path):
 def run_config_to_flags(c):
     """A training run's own config.json as `train` flags: its dataset, the settings its method reads, its files."""
     from .train.methods import get_method, method_names
-    from .train.options import OPTIONS, unused_options
+    from .train.options import OPTIONS, TERM_SETTINGS, unused_options
     if c.get("method") not in method_names():
         raise UsageError(f"--config: the run's method {c.get('method')!r} is not one of {', '.join(method_names())}")
     ds = c["dataset"]
@@ -161,7 +161,7 @@ def run_config_to_flags(c):
            "drop_fraction": ds.get("drop_fraction"), "seed": c.get("seed")}
     settings = {k: c[k] for k in OPTIONS if k in c and c[k] is not None and k != "seed"}
     unused = set(unused_options(get_method(c["method"]), settings, bool(c.get("cb_reg"))))
-    for main, subs in (("gsr", ("gsr_beta", "gsr_power_iterations")), ("lecam", ("lecam_decay", "lecam_start"))):
+    for main, subs in TERM_SETTINGS.items():
         if not settings.get(main):  # the run recorded their defaults; they are flags only with the term on
             unused.update(subs)
     out.update({k: v for k, v in settings.items() if k not in unused})

@@ -193,7 +193,7 @@ class GANTrainer(TrainLoop):
     def _check_regularizers(self, method, given, s, x0):
         """gSR needs class-conditional BatchNorm in G, LeCam one D score an image; their sub-settings need them
         on. Refused before any work."""
-        for main, subs in (("gsr", ("gsr_beta", "gsr_power_iterations")), ("lecam", ("lecam_decay", "lecam_start"))):
+        for main, subs in opts.TERM_SETTINGS.items():
             stray = [k for k in subs if k in given]
             if stray and s[main] == 0:
                 raise ValueError(f"GANTrainer: {', '.join(stray)} only apply with {main} > 0")

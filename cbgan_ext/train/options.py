@@ -145,6 +145,10 @@ OPTIONS = {
 }
 
 
+# Regularizer terms and the settings that only apply with the term on (weight > 0).
+TERM_SETTINGS = {"gsr": ("gsr_beta", "gsr_power_iterations"), "lecam": ("lecam_decay", "lecam_start")}
+
+
 # Settings that only some methods read, by group. A method names the groups it reads in
 # ``Method.option_groups``; the "cb" group is read wherever the CB regularizer is on (``cb_reg``).
 GROUPS = {
